@@ -1,0 +1,203 @@
+"""Command-line options and IMAGELIST_* environment variables -> one frozen Config.
+
+Every option can come from the environment (`--dbhost` <- `IMAGELIST_DBHOST`)
+so a systemd EnvironmentFile can hold them; a flag on the command line wins.
+The old Go service's flags keep their names, and its single-dash spelling
+(`-dbhost x`, Go's flag package style) is accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ENV_PREFIX = "IMAGELIST_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message names the option."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    database_url: str
+    tokens_file: str | None
+    certfile: str | None
+    keyfile: str | None
+    debug: bool
+    log_format: str
+    max_body_size: int
+    db_pool_size: int
+    db_timeout: float
+    db_connect_timeout: float
+    shutdown_timeout: float
+    reuse_port: bool
+
+    @property
+    def storage_kind(self) -> str:
+        return "sqlite" if self.database_url.startswith("sqlite:") else "postgres"
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+
+def env_name(option: str) -> str:
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagelist",
+        description="Container-image allowlist service (REST API, Kubernetes admission).",
+        epilog=(
+            "Every option can also be set from the environment as IMAGELIST_<OPTION>, "
+            "e.g. IMAGELIST_DBHOST=db1 or IMAGELIST_DEBUG=true; a command-line flag wins. "
+            "Storage: PostgreSQL when --database-url names one or any --db* option is "
+            "given, else an embedded SQLite file (default: $STATE_DIRECTORY/imagelist.db "
+            "under systemd, else ~/.local/share/imagelist/imagelist.db)."
+        ),
+    )
+
+    def add(name: str, help: str, default: str | None = None, **kw: object) -> None:
+        envvar = env_name(name)
+        # Help shows the built-in default only: an environment value may be
+        # a password and must not be echoed by --help.
+        shown = f" (default: {default})" if default is not None else ""
+        parser.add_argument(
+            f"--{name}",
+            f"-{name}",
+            default=env.get(envvar, default),
+            help=f"{help}{shown} [env {envvar}]",
+            **kw,
+        )
+
+    def flag(name: str, help: str) -> None:
+        envvar = env_name(name)
+        raw = env.get(envvar, "").strip().lower()
+        if raw not in _TRUE | _FALSE:
+            raise ConfigError(f"{envvar}={env[envvar]!r}: expected true or false")
+        parser.add_argument(
+            f"--{name}",
+            f"-{name}",
+            action="store_true",
+            default=raw in _TRUE,
+            help=f"{help} [env {envvar}]",
+        )
+
+    add("listen", "address to listen on, [HOST]:PORT", ":8000", metavar="[HOST]:PORT")
+    add("tokens-file", "YAML file of bearer tokens; enables auth for PUT and DELETE", metavar="PATH")
+    add("database-url", "PostgreSQL URL/DSN (multi-host allowed) or sqlite:///PATH; "
+        "wins over the --db* options", metavar="URL")
+    add("dbhost", "PostgreSQL host (or comma-separated hosts)", metavar="HOST")
+    add("dbport", "PostgreSQL port", metavar="PORT")
+    add("dbuser", "PostgreSQL user", metavar="USER")
+    add("dbpassword", "PostgreSQL password", metavar="PASSWORD")
+    add("dbname", "PostgreSQL database name", metavar="NAME")
+    add("dbsslmode", "PostgreSQL sslmode (disable, require, verify-full, ...)", metavar="MODE")
+    add("certfile", "TLS certificate (PEM); TLS is on when --keyfile is also given", metavar="PATH")
+    add("keyfile", "TLS private key (PEM)", metavar="PATH")
+    flag("debug", "log at debug level")
+    add("log-format", "log line format", "json", choices=("json", "console"))
+    add("max-body-size", "largest accepted request body, in bytes", "1048576", metavar="BYTES")
+    add("db-pool-size", "largest number of pooled PostgreSQL connections", "10", metavar="N")
+    add("db-timeout", "seconds a database query or pool wait may take", "5", metavar="SECONDS")
+    add("db-connect-timeout", "seconds a database connection attempt may take", "3",
+        metavar="SECONDS")
+    add("shutdown-timeout", "seconds to let in-flight requests finish on SIGTERM", "10",
+        metavar="SECONDS")
+    flag("reuse-port", "set SO_REUSEPORT so several instances can share one port")
+    return parser
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        raise ConfigError(f"--listen {value!r}: expected [HOST]:PORT, e.g. :8000")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"--listen {value!r}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"--listen {value!r}: port out of range")
+    return host, number
+
+
+def _number(name: str, raw: object, kind: type, minimum: float) -> int | float:
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name} {raw!r}: not a number") from None
+    if value < minimum:
+        raise ConfigError(f"--{name} {raw!r}: must be at least {minimum}")
+    return value
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def database_url(ns: argparse.Namespace) -> str:
+    if ns.database_url:
+        return str(ns.database_url)
+    parts = {
+        "host": ns.dbhost,
+        "port": ns.dbport,
+        "user": ns.dbuser,
+        "password": ns.dbpassword,
+        "dbname": ns.dbname,
+        "sslmode": ns.dbsslmode,
+    }
+    given = {k: str(v) for k, v in parts.items() if v not in (None, "")}
+    if given:
+        return " ".join(f"{k}={_quote(v)}" for k, v in given.items())
+    return "sqlite:///" + default_sqlite_path()
+
+
+def default_sqlite_path() -> str:
+    """systemd's StateDirectory= when set, else the XDG data directory."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return os.path.join(state.split(":")[0], "imagelist.db")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "imagelist", "imagelist.db")
+
+
+def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    ns = build_parser(env).parse_args(argv)
+    host, port = parse_listen(str(ns.listen))
+    if bool(ns.certfile) != bool(ns.keyfile):
+        raise ConfigError("--certfile and --keyfile must be given together for TLS")
+    for name in ("certfile", "keyfile", "tokens_file"):
+        path = getattr(ns, name)
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+    if ns.log_format not in ("json", "console"):
+        raise ConfigError(f"--log-format {ns.log_format!r}: expected json or console")
+    url = database_url(ns)
+    if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
+        raise ConfigError(f"--database-url {url!r}: a SQLite URL is sqlite:///PATH")
+    return Config(
+        listen_host=host,
+        listen_port=port,
+        database_url=url,
+        tokens_file=ns.tokens_file or None,
+        certfile=ns.certfile or None,
+        keyfile=ns.keyfile or None,
+        debug=bool(ns.debug),
+        log_format=str(ns.log_format),
+        max_body_size=int(_number("max-body-size", ns.max_body_size, int, 1024)),
+        db_pool_size=int(_number("db-pool-size", ns.db_pool_size, int, 1)),
+        db_timeout=float(_number("db-timeout", ns.db_timeout, float, 0.1)),
+        db_connect_timeout=float(_number("db-connect-timeout", ns.db_connect_timeout, float, 1)),
+        shutdown_timeout=float(_number("shutdown-timeout", ns.shutdown_timeout, float, 0)),
+        reuse_port=bool(ns.reuse_port),
+    )

@@ -1,0 +1,30 @@
+"""HTTP handlers and the application factory."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from handlers.base import log_request
+from handlers.context import AppContext
+from handlers.health import LiveHandler, NotFoundHandler, PingHandler
+from handlers.images import ImageHandler, ImagesHandler
+
+__all__ = ["AppContext", "make_app"]
+
+
+def make_app(ctx: AppContext) -> tornado.web.Application:
+    args = {"ctx": ctx}
+    routes = [
+        (r"/images", ImagesHandler, args),
+        (r"/images/(.+)", ImageHandler, args),
+        (r"/health/ping", PingHandler, args),
+        (r"/health/live", LiveHandler, args),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=args,
+        log_function=log_request,
+        serve_traceback=False,
+        compress_response=False,
+    )

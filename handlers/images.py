@@ -1,0 +1,109 @@
+"""The compatible image API: GET/PUT /images, GET/DELETE /images/{id}."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import orjson
+
+from handlers.base import BaseHandler, BodyHandler
+from handlers.errors import ApiError
+from handlers.paging import decode_cursor, encode_cursor, parse_limit
+from handlers.validation import check_id, check_name, parse_image
+from storage.base import position_of
+from storage.errors import StorageError
+from storage.model import DEFAULT_SORT, SORT_KEYS, Image, ListQuery, format_timestamp
+
+DEFAULT_PAGE = 100
+
+
+def image_json(image: Image) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "name": image.name,
+        "tags": list(image.tags),
+        "created_at": format_timestamp(image.created_at),
+        "updated_at": format_timestamp(image.updated_at),
+    }
+
+
+class ImagesHandler(BodyHandler):
+    route = "/images"
+
+    def _query(self, name: str) -> str | None:
+        value = self.get_query_argument(name, None, strip=False)
+        return value
+
+    async def get(self) -> None:
+        sort = self._query("sort") or DEFAULT_SORT
+        if sort not in SORT_KEYS:
+            raise ApiError(400, f"unknown sort {sort!r}; allowed: {', '.join(SORT_KEYS)}",
+                           {"parameter": "sort", "allowed": list(SORT_KEYS)})
+        name = self._query("name")
+        if name is not None:
+            name = check_name(name, "name parameter")
+        limit_raw, cursor = self._query("limit"), self._query("cursor")
+        if limit_raw is None and cursor is None:
+            await self._stream_all(sort, name)
+            return
+        limit = parse_limit(limit_raw) if limit_raw is not None else DEFAULT_PAGE
+        after = decode_cursor(cursor, sort) if cursor else None
+        page = await self.ctx.storage.list_page(
+            ListQuery(sort=sort, name=name, after=after, limit=limit + 1)
+        )
+        if len(page) > limit:
+            page = page[:limit]
+            params = {"sort": sort, "limit": str(limit),
+                      "cursor": encode_cursor(position_of(sort, page[-1]))}
+            if name is not None:
+                params["name"] = name
+            link = "/images?" + urllib.parse.urlencode(params)
+            self.set_header("Link", f'<{link}>; rel="next"')
+        self.write_json([image_json(i) for i in page])
+
+    async def _stream_all(self, sort: str, name: str | None) -> None:
+        """The whole list (compatible), one database page at a time.
+
+        A list that fits in one page goes out with a Content-Length; a larger
+        one is sent chunked, flushing after each page so memory stays flat.
+        """
+        chunk = self.ctx.list_chunk
+        sent_any = False
+        self.write(b"[")
+        pages = self.ctx.storage.iter_pages(ListQuery(sort=sort, name=name, limit=chunk))
+        try:
+            async for page in pages:
+                data = b",".join(orjson.dumps(image_json(i)) for i in page)
+                self.write(b"," + data if sent_any else data)
+                sent_any = True
+                if len(page) == chunk:
+                    await self.flush()
+        except StorageError:
+            if not self._headers_written:
+                raise
+            # Headers are out: a JSON error can no longer be sent. Drop the
+            # connection so the client sees a truncated response, not a
+            # well-formed but incomplete list.
+            self.request.connection.close()
+            raise
+        self.finish(b"]")
+
+    async def put(self) -> None:
+        new = parse_image(self.json_body())
+        stored = await self.ctx.storage.put(new)
+        self.write_json(image_json(stored))
+
+
+class ImageHandler(BaseHandler):
+    route = "/images/{id}"
+
+    async def get(self, image_id: str) -> None:
+        image = await self.ctx.storage.get(check_id(image_id))
+        self.write_json(image_json(image))
+
+    async def delete(self, image_id: str) -> None:
+        await self.ctx.storage.delete(check_id(image_id))
+        self.set_status(204)
+        self.clear_header("Content-Type")
+        self.finish()

@@ -1,0 +1,64 @@
+"""Validation of request input, independent of HTTP (table-tested).
+
+Rules (SPEC 1): ids are printable, no whitespace, 1-255 chars; names are
+printable, 1-255 chars; tags are strings like ids, order kept, duplicates
+dropped. "Printable" excludes NUL and other control characters and lone
+surrogates, which neither backend could store faithfully.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.errors import ApiError
+from storage.model import NewImage
+
+MAX_LEN = 255
+MAX_TAGS = 1000
+
+
+def _check_string(field: str, value: Any, *, spaces: bool) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, f"{field} must be a string", {"field": field})
+    if not value:
+        raise ApiError(400, f"{field} must not be empty", {"field": field})
+    if len(value) > MAX_LEN:
+        raise ApiError(400, f"{field} is longer than {MAX_LEN} characters", {"field": field})
+    if not value.isprintable() or (not spaces and any(c.isspace() for c in value)):
+        what = "non-printable" if spaces else "non-printable or whitespace"
+        raise ApiError(400, f"{field} contains {what} characters", {"field": field})
+    return value
+
+
+def check_id(value: Any, field: str = "id") -> str:
+    return _check_string(field, value, spaces=False)
+
+
+def check_name(value: Any, field: str = "name") -> str:
+    return _check_string(field, value, spaces=True)
+
+
+def check_tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ApiError(400, "tags must be an array of strings", {"field": "tags"})
+    if len(value) > MAX_TAGS:
+        raise ApiError(400, f"tags has more than {MAX_TAGS} entries", {"field": "tags"})
+    seen: dict[str, None] = {}
+    for i, tag in enumerate(value):
+        seen.setdefault(_check_string(f"tags[{i}]", tag, spaces=False), None)
+    return tuple(seen)
+
+
+def parse_image(body: Any) -> NewImage:
+    """A PUT /images body -> NewImage. Unknown fields are ignored, as the
+    old service ignored them (and the server-set timestamps)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object with id, name and tags")
+    for required in ("id", "name"):
+        if required not in body:
+            raise ApiError(400, f"{required} is required", {"field": required})
+    return NewImage(
+        id=check_id(body["id"]), name=check_name(body["name"]), tags=check_tags(body.get("tags"))
+    )

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""imagelist daemon entry point: parse config, build the parts, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Sequence
+
+import structlog
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from config import Config, ConfigError, load_config
+from config.logging import setup_logging
+from handlers import AppContext, make_app
+from storage import StorageError, create_storage
+
+log = structlog.get_logger("imagelist")
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.certfile, config.keyfile)  # type: ignore[arg-type]
+    return context
+
+
+async def drain(ctx: AppContext, server: HTTPServer, timeout: float) -> None:
+    """Stop listening, let in-flight requests finish (bounded), then close."""
+    server.stop()
+    deadline = time.monotonic() + timeout
+    while ctx.inflight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if ctx.inflight:
+        log.warning("shutdown_timeout", inflight=ctx.inflight)
+    await server.close_all_connections()
+
+
+async def serve(config: Config) -> int:
+    storage = create_storage(
+        config.database_url,
+        pool_size=config.db_pool_size,
+        timeout=config.db_timeout,
+        connect_timeout=config.db_connect_timeout,
+    )
+    try:
+        await storage.open()
+    except (StorageError, OSError) as exc:
+        log.error("storage_open_failed", storage=storage.kind, error=str(exc))
+        return 1
+    ctx = AppContext(config=config, storage=storage)
+    try:
+        ssl_options = tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("tls_setup_failed", error=str(exc))
+        return 1
+    server = HTTPServer(
+        make_app(ctx),
+        ssl_options=ssl_options,
+        max_body_size=config.max_body_size * 16,
+        idle_connection_timeout=60,
+        body_timeout=30,
+    )
+    try:
+        sockets = bind_sockets(
+            config.listen_port, address=config.listen_host or None, reuse_port=config.reuse_port
+        )
+    except OSError as exc:
+        log.error("listen_failed", listen=f"{config.listen_host}:{config.listen_port}",
+                  error=str(exc))
+        await storage.close()
+        return 1
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    log.info("listening", host=config.listen_host or "*", port=port,
+             storage=storage.kind, tls=config.tls)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping", inflight=ctx.inflight)
+    await drain(ctx, server, config.shutdown_timeout)
+    await storage.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"imagelist: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format, config.debug)
+    return asyncio.run(serve(config))
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

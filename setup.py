@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="imagelist",
+    version="0.1.0",
+    description="Container-image allowlist service with built-in Kubernetes admission",
+    python_requires=">=3.11",
+    py_modules=["imagelist"],
+    packages=find_packages(include=["config", "config.*", "handlers", "handlers.*",
+                                    "storage", "storage.*"]),
+    install_requires=[
+        "tornado>=6.4,<7",
+        "aiopg==1.4.0",
+        "psycopg2-binary>=2.9,<3",
+        "PyYAML>=6",
+        "watchdog>=4",
+        "prometheus-client>=0.20",
+        "structlog>=24",
+        # Faster than json for every response body, and strict: it rejects
+        # invalid UTF-8 and lone surrogates that json.loads lets through.
+        "orjson>=3.9",
+        # The distribution reference grammar (docker/distribution port).
+        "docker-image-py>=0.1.13",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-tornado==0.8.1",
+            # pytest-tornado imports pkg_resources, gone from setuptools 82.
+            "setuptools<82",
+            "ruff",
+            "schemathesis>=4",
+        ],
+    },
+    entry_points={"console_scripts": ["imagelist=imagelist:main_entry"]},
+)

@@ -1,0 +1,68 @@
+"""The one storage interface both backends implement."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+from storage.model import Image, ListQuery, NewImage, Position
+
+
+class Storage(abc.ABC):
+    """An image store. Every method raises only `storage.errors` types."""
+
+    #: Short name for logs and metrics ("postgres" or "sqlite").
+    kind: str = ""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Prepare the store. A database that is down is not an error here:
+        the daemon starts anyway and the store retries on use."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the database answers a query, else StorageUnavailable."""
+
+    @abc.abstractmethod
+    async def get(self, image_id: str) -> Image: ...
+
+    @abc.abstractmethod
+    async def put(self, new: NewImage) -> Image:
+        """Create, or update tags (only) of an existing id; return the stored row."""
+
+    @abc.abstractmethod
+    async def delete(self, image_id: str) -> None:
+        """Remove the id; a missing id is not an error."""
+
+    @abc.abstractmethod
+    async def list_page(self, query: ListQuery) -> list[Image]:
+        """At most `query.limit` entries in API order, strictly after `query.after`."""
+
+    @abc.abstractmethod
+    async def count(self) -> int: ...
+
+    async def iter_pages(self, query: ListQuery) -> AsyncIterator[list[Image]]:
+        """Every matching entry, one bounded page at a time.
+
+        Keyset paging rather than one long-lived server-side cursor: between
+        pages no connection is held, so a slow reader cannot pin a pooled
+        connection, and memory stays at one page whatever the table size.
+        """
+        after = query.after
+        while True:
+            page = await self.list_page(
+                ListQuery(sort=query.sort, name=query.name, after=after, limit=query.limit)
+            )
+            if page:
+                yield page
+            if len(page) < query.limit:
+                return
+            after = position_of(query.sort, page[-1])
+
+
+def position_of(sort: str, image: Image) -> Position:
+    """The keyset position just past `image` in `sort` order."""
+    return Position(sort=sort, value=image.sort_value(sort), id=image.id)

@@ -1,0 +1,69 @@
+"""Value types shared by the storage interface and its callers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+# The API's sort keys mapped to the column they order by. Everything that
+# builds SQL looks the key up here, so only these names ever reach a query.
+SORT_KEYS: tuple[str, ...] = ("updated_at", "created_at", "name", "id")
+DEFAULT_SORT = "updated_at"
+
+
+@dataclass(frozen=True, slots=True)
+class NewImage:
+    id: str
+    name: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    id: str
+    name: str
+    tags: tuple[str, ...]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def sort_value(self, sort: str) -> str | int:
+        """The value this entry has for `sort`, as it appears in a cursor."""
+        if sort == "id":
+            return self.id
+        if sort == "name":
+            return self.name
+        return to_micros(getattr(self, sort))
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Keyset position: the last entry a page ended on (exclusive)."""
+
+    sort: str
+    value: str | int
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    sort: str = DEFAULT_SORT
+    name: str | None = None
+    after: Position | None = None
+    limit: int = 500
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def to_micros(ts: dt.datetime) -> int:
+    delta = ts - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def format_timestamp(ts: dt.datetime) -> str:
+    """RFC 3339, UTC, always six fractional digits, `Z` suffix (SPEC 1)."""
+    return ts.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

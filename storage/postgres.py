@@ -1,0 +1,304 @@
+"""PostgreSQL backend on an aiopg pool.
+
+Failure handling (SPEC 5): the pool is created lazily and re-created after
+connection failures, so the daemon starts and keeps serving 503s while the
+database is down and recovers by itself. Connect and query times are
+bounded. Multi-host DSNs are followed host by host here, because aiopg
+cannot follow libpq's own host fallback (see STYLE.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from storage.base import Storage
+from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
+from storage.model import Image, ListQuery, NewImage, from_micros
+from storage.sql import SELECT_COLUMNS, all_list_sql
+
+log = logging.getLogger("imagelist.storage")
+T = TypeVar("T")
+
+# Serialises schema changes across every instance sharing the database.
+MIGRATION_LOCK_KEY = 0x696D676C  # "imgl"
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS images (
+        id          text COLLATE "C" PRIMARY KEY,
+        name        text COLLATE "C" NOT NULL,
+        tags        text[] NOT NULL DEFAULT '{}',
+        created_at  timestamptz NOT NULL,
+        updated_at  timestamptz NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS images_updated_at ON images (updated_at, id);
+    CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
+    CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
+    """,
+)
+
+SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
+LOCK_SQL = "SELECT pg_advisory_xact_lock(%(key)s)"
+VERSION_SQL = "SELECT coalesce(max(version), 0) FROM imagelist_schema"
+SET_VERSION_SQL = "DELETE FROM imagelist_schema; INSERT INTO imagelist_schema VALUES (%(v)s)"
+READ_ONLY_SQL = "SHOW transaction_read_only"
+
+UPSERT_SQL = f"""
+INSERT INTO images (id, name, tags, created_at, updated_at)
+VALUES (%(id)s, %(name)s, %(tags)s::text[], now(), now())
+ON CONFLICT (id) DO UPDATE SET tags = EXCLUDED.tags,
+                               updated_at = greatest(now(), images.updated_at)
+RETURNING {SELECT_COLUMNS}
+"""
+GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = %(id)s"
+DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
+COUNT_SQL = "SELECT count(*) FROM images"
+PING_SQL = "SELECT 1"
+LIST_SQL = all_list_sql(lambda name: f"%({name})s")
+
+# Errors that mean "this connection or server is unusable right now".
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    psycopg2.errors.ReadOnlySqlTransaction,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
+    """One single-host DSN per host of a (possibly multi-host) DSN, and
+    whether the caller must insist on a writable server."""
+    params: dict[str, str] = parse_dsn(dsn)
+    want_rw = params.pop("target_session_attrs", "any") in ("read-write", "primary")
+    params.setdefault("connect_timeout", str(max(1, int(connect_timeout))))
+    hosts = params.pop("host", "").split(",")
+    ports = params.pop("port", "").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    if len(ports) != len(hosts):
+        raise ValueError("the DSN lists a different number of hosts and ports")
+    out = []
+    for host, port in zip(hosts, ports, strict=True):
+        single = dict(params)
+        if host:
+            single["host"] = host
+        if port:
+            single["port"] = port
+        out.append(make_dsn(**single))
+    return out, want_rw
+
+
+def _to_utc(ts: dt.datetime) -> dt.datetime:
+    return ts.astimezone(dt.timezone.utc)
+
+
+def _row_to_image(row: tuple) -> Image:
+    return Image(
+        id=row[0],
+        name=row[1],
+        tags=tuple(row[2] or ()),
+        created_at=_to_utc(row[3]),
+        updated_at=_to_utc(row[4]),
+    )
+
+
+class PostgresStorage(Storage):
+    kind = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        timeout: float = 5.0,
+        connect_timeout: float = 3.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._hosts, self._want_rw = split_hosts(dsn, connect_timeout)
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._retry_interval = retry_interval
+        self._pool: aiopg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._last_failure = 0.0
+        self._last_error = "not connected yet"
+        self._closed = False
+
+    # -- connection management -------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            await self._get_pool()
+        except StorageUnavailable as exc:
+            log.warning("PostgreSQL unavailable at start-up, will retry: %s", exc)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._drop_pool()
+
+    async def _drop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            try:
+                await asyncio.wait_for(pool.wait_closed(), self._timeout)
+            except (asyncio.TimeoutError, *_CONNECTION_ERRORS):
+                pool.terminate()
+
+    async def _get_pool(self) -> aiopg.Pool:
+        if self._pool is not None:
+            return self._pool
+        # Fail fast while the database is known to be down, instead of every
+        # request queueing behind a fresh connection attempt.
+        if time.monotonic() - self._last_failure < self._retry_interval:
+            raise StorageUnavailable(self._last_error)
+        async with self._pool_lock:
+            if self._pool is not None:
+                return self._pool
+            if self._closed:
+                raise StorageUnavailable("the store is closed")
+            errors = []
+            for dsn in self._hosts:
+                try:
+                    pool = await self._connect(dsn)
+                except _CONNECTION_ERRORS as exc:
+                    errors.append(str(exc).strip() or type(exc).__name__)
+                    continue
+                self._pool = pool
+                return pool
+            self._last_failure = time.monotonic()
+            self._last_error = "database unavailable: " + "; ".join(errors)
+            raise StorageUnavailable(self._last_error)
+
+    async def _connect(self, dsn: str) -> aiopg.Pool:
+        pool = await aiopg.create_pool(
+            dsn,
+            minsize=1,
+            maxsize=self._pool_size,
+            timeout=self._timeout,
+            enable_hstore=False,
+            enable_json=False,
+            enable_uuid=False,
+            options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
+        )
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cur:
+                if self._want_rw:
+                    await cur.execute(READ_ONLY_SQL)
+                    (read_only,) = await cur.fetchone()
+                    if read_only == "on":
+                        raise psycopg2.OperationalError("server is read-only")
+                await self._migrate(cur)
+        except BaseException:
+            pool.terminate()
+            raise
+        return pool
+
+    @staticmethod
+    async def _migrate(cur: Any) -> None:
+        await cur.execute("BEGIN")
+        try:
+            await cur.execute(LOCK_SQL, {"key": MIGRATION_LOCK_KEY})
+            await cur.execute(SCHEMA_TABLE_SQL)
+            await cur.execute(VERSION_SQL)
+            (version,) = await cur.fetchone()
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                await cur.execute(script)
+                await cur.execute(SET_VERSION_SQL, {"v": number})
+                log.info("applied schema migration %d", number)
+            await cur.execute("COMMIT")
+        except BaseException:
+            if not cur.connection.closed:
+                await cur.execute("ROLLBACK")
+            raise
+
+    async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(cursor)`, retrying once on a fresh connection: after a
+        database restart the pool still holds dead connections, and every
+        operation here is idempotent."""
+        for attempt in (1, 2):
+            pool = await self._get_pool()
+            try:
+                async with pool.acquire() as conn, conn.cursor() as cur:
+                    return await op(cur)
+            except _CONNECTION_ERRORS as exc:
+                if attempt == 2:
+                    # Possibly a failover: choose the host again next time.
+                    await self._drop_pool()
+                    self._last_failure = time.monotonic()
+                    self._last_error = f"database unavailable: {str(exc).strip() or type(exc).__name__}"
+                    raise StorageUnavailable(self._last_error) from exc
+            except psycopg2.DataError as exc:
+                raise Invalid(str(exc).strip()) from exc
+            except psycopg2.Error as exc:
+                raise StorageError(f"database error: {exc.pgerror or exc}") from exc
+        raise AssertionError("unreachable")
+
+    # -- the Storage interface -------------------------------------------
+
+    async def ping(self) -> None:
+        async def op(cur: Any) -> None:
+            await cur.execute(PING_SQL)
+            await cur.fetchone()
+
+        await self._run(op)
+
+    async def get(self, image_id: str) -> Image:
+        async def op(cur: Any) -> tuple | None:
+            await cur.execute(GET_SQL, {"id": image_id})
+            return await cur.fetchone()
+
+        row = await self._run(op)
+        if row is None:
+            raise NotFound(image_id)
+        return _row_to_image(row)
+
+    async def put(self, new: NewImage) -> Image:
+        params = {"id": new.id, "name": new.name, "tags": list(new.tags)}
+
+        async def op(cur: Any) -> tuple:
+            await cur.execute(UPSERT_SQL, params)
+            return await cur.fetchone()
+
+        return _row_to_image(await self._run(op))
+
+    async def delete(self, image_id: str) -> None:
+        async def op(cur: Any) -> None:
+            await cur.execute(DELETE_SQL, {"id": image_id})
+
+        await self._run(op)
+
+    async def list_page(self, query: ListQuery) -> list[Image]:
+        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+        params: dict[str, object] = {"limit": query.limit, "name": query.name}
+        if query.after is not None:
+            params["after_id"] = query.after.id
+            value = query.after.value
+            if query.sort in ("created_at", "updated_at"):
+                value = from_micros(int(value))
+            params["after_value"] = value
+
+        async def op(cur: Any) -> list[tuple]:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
+        return [_row_to_image(r) for r in await self._run(op)]
+
+    async def count(self) -> int:
+        async def op(cur: Any) -> int:
+            await cur.execute(COUNT_SQL)
+            (n,) = await cur.fetchone()
+            return int(n)
+
+        return await self._run(op)

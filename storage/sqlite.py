@@ -1,0 +1,175 @@
+"""Embedded SQLite backend: the zero-setup default.
+
+All sqlite3 calls run on one dedicated worker thread that owns the
+connection, so the IOLoop never blocks on disk I/O and the connection is
+never shared between threads. WAL with `synchronous=FULL`: a write is
+acknowledged only after it is on disk, so it survives kill -9 and power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from storage.base import Storage
+from storage.errors import NotFound, StorageUnavailable
+from storage.model import Image, ListQuery, NewImage, from_micros, to_micros
+from storage.sql import SELECT_COLUMNS, all_list_sql
+
+T = TypeVar("T")
+
+# Versioned migrations, applied in order; PRAGMA user_version records progress.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS images (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        tags        TEXT NOT NULL,      -- JSON array of strings
+        created_at  INTEGER NOT NULL,   -- microseconds since the epoch, UTC
+        updated_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS images_updated_at ON images (updated_at, id);
+    CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
+    CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
+    """,
+)
+
+UPSERT_SQL = f"""
+INSERT INTO images (id, name, tags, created_at, updated_at)
+VALUES (:id, :name, :tags, :now, :now)
+ON CONFLICT (id) DO UPDATE SET tags = excluded.tags,
+                               updated_at = max(:now, images.updated_at)
+RETURNING {SELECT_COLUMNS}
+"""
+GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = :id"
+DELETE_SQL = "DELETE FROM images WHERE id = :id"
+COUNT_SQL = "SELECT count(*) FROM images"
+PING_SQL = "SELECT 1"
+LIST_SQL = all_list_sql(lambda name: f":{name}")
+
+
+def _row_to_image(row: tuple) -> Image:
+    return Image(
+        id=row[0],
+        name=row[1],
+        tags=tuple(json.loads(row[2])),
+        created_at=from_micros(row[3]),
+        updated_at=from_micros(row[4]),
+    )
+
+
+def _now_micros() -> int:
+    return to_micros(dt.datetime.now(dt.timezone.utc))
+
+
+class SqliteStorage(Storage):
+    kind = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="imagelist-sqlite"
+        )
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._conn is None:
+                raise StorageUnavailable("the SQLite store is not open")
+            try:
+                return fn(self._conn)
+            except sqlite3.Error as exc:
+                # Disk full, I/O error, locked by another process: all
+                # transient from the client's point of view.
+                raise StorageUnavailable(f"SQLite error: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._migrate(conn)
+            self._conn = conn
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute(PING_SQL).fetchone())
+
+    async def get(self, image_id: str) -> Image:
+        row = await self._run(lambda c: c.execute(GET_SQL, {"id": image_id}).fetchone())
+        if row is None:
+            raise NotFound(image_id)
+        return _row_to_image(row)
+
+    async def put(self, new: NewImage) -> Image:
+        params = {
+            "id": new.id,
+            "name": new.name,
+            "tags": json.dumps(list(new.tags), ensure_ascii=False),
+            "now": _now_micros(),
+        }
+
+        def upsert(c: sqlite3.Connection) -> tuple:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute(UPSERT_SQL, params).fetchone()
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            return row
+
+        return _row_to_image(await self._run(upsert))
+
+    async def delete(self, image_id: str) -> None:
+        await self._run(lambda c: c.execute(DELETE_SQL, {"id": image_id}))
+
+    async def list_page(self, query: ListQuery) -> list[Image]:
+        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+        params: dict[str, object] = {"limit": query.limit, "name": query.name}
+        if query.after is not None:
+            params["after_id"] = query.after.id
+            params["after_value"] = query.after.value
+        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        return [_row_to_image(r) for r in rows]
+
+    async def count(self) -> int:
+        (n,) = await self._run(lambda c: c.execute(COUNT_SQL).fetchone())
+        return int(n)
