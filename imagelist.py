@@ -35,7 +35,7 @@ async def drain(ctx: AppContext, server: HTTPServer, timeout: float) -> None:
     """Stop listening, let in-flight requests finish (bounded), then close."""
     server.stop()
     deadline = time.monotonic() + timeout
-    while ctx.inflight > 0 and time.monotonic() < deadline:
+    while ctx.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - cheap poll
         await asyncio.sleep(0.05)
     if ctx.inflight:
         log.warning("shutdown_timeout", inflight=ctx.inflight)
@@ -72,14 +72,16 @@ async def serve(config: Config) -> int:
             config.listen_port, address=config.listen_host or None, reuse_port=config.reuse_port
         )
     except OSError as exc:
-        log.error("listen_failed", listen=f"{config.listen_host}:{config.listen_port}",
-                  error=str(exc))
+        log.error(
+            "listen_failed", listen=f"{config.listen_host}:{config.listen_port}", error=str(exc)
+        )
         await storage.close()
         return 1
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    log.info("listening", host=config.listen_host or "*", port=port,
-             storage=storage.kind, tls=config.tls)
+    log.info(
+        "listening", host=config.listen_host or "*", port=port, storage=storage.kind, tls=config.tls
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,8 +6,9 @@ setup(
     description="Container-image allowlist service with built-in Kubernetes admission",
     python_requires=">=3.11",
     py_modules=["imagelist"],
-    packages=find_packages(include=["config", "config.*", "handlers", "handlers.*",
-                                    "storage", "storage.*"]),
+    packages=find_packages(
+        include=["config", "config.*", "handlers", "handlers.*", "storage", "storage.*"]
+    ),
     install_requires=[
         "tornado>=6.4,<7",
         "aiopg==1.4.0",

@@ -92,9 +92,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         )
 
     add("listen", "address to listen on, [HOST]:PORT", ":8000", metavar="[HOST]:PORT")
-    add("tokens-file", "YAML file of bearer tokens; enables auth for PUT and DELETE", metavar="PATH")
-    add("database-url", "PostgreSQL URL/DSN (multi-host allowed) or sqlite:///PATH; "
-        "wins over the --db* options", metavar="URL")
+    add(
+        "tokens-file", "YAML file of bearer tokens; enables auth for PUT and DELETE", metavar="PATH"
+    )
+    add(
+        "database-url",
+        "PostgreSQL URL/DSN (multi-host allowed) or sqlite:///PATH; wins over the --db* options",
+        metavar="URL",
+    )
     add("dbhost", "PostgreSQL host (or comma-separated hosts)", metavar="HOST")
     add("dbport", "PostgreSQL port", metavar="PORT")
     add("dbuser", "PostgreSQL user", metavar="USER")
@@ -108,10 +113,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("max-body-size", "largest accepted request body, in bytes", "1048576", metavar="BYTES")
     add("db-pool-size", "largest number of pooled PostgreSQL connections", "10", metavar="N")
     add("db-timeout", "seconds a database query or pool wait may take", "5", metavar="SECONDS")
-    add("db-connect-timeout", "seconds a database connection attempt may take", "3",
-        metavar="SECONDS")
-    add("shutdown-timeout", "seconds to let in-flight requests finish on SIGTERM", "10",
-        metavar="SECONDS")
+    add(
+        "db-connect-timeout",
+        "seconds a database connection attempt may take",
+        "3",
+        metavar="SECONDS",
+    )
+    add(
+        "shutdown-timeout",
+        "seconds to let in-flight requests finish on SIGTERM",
+        "10",
+        metavar="SECONDS",
+    )
     flag("reuse-port", "set SO_REUSEPORT so several instances can share one port")
     return parser
 

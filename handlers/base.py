@@ -102,8 +102,7 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
-        log.error("unhandled_exception", request_id=self.request_id,
-                  exc_info=(typ, value, tb))
+        log.error("unhandled_exception", request_id=self.request_id, exc_info=(typ, value, tb))
 
     # -- request bodies ------------------------------------------------------
 

@@ -44,6 +44,7 @@ def map_exception(exc: BaseException | None) -> Mapped | None:
     if isinstance(exc, StorageUnavailable):
         return Mapped(503, "database unavailable, try again later", headers={"Retry-After": "1"})
     if isinstance(exc, StorageError):
-        return Mapped(503, "database error, try again later", headers={"Retry-After": "1"},
-                      expected=False)
+        return Mapped(
+            503, "database error, try again later", headers={"Retry-After": "1"}, expected=False
+        )
     return None

@@ -18,7 +18,7 @@ class PingHandler(BaseHandler):
     async def get(self) -> None:
         try:
             await asyncio.wait_for(self.ctx.storage.ping(), PING_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ApiError(503, "database did not answer in time") from None
         self.write_json({"status": "ok", "storage": self.ctx.storage.kind})
 

@@ -38,8 +38,11 @@ class ImagesHandler(BodyHandler):
     async def get(self) -> None:
         sort = self._query("sort") or DEFAULT_SORT
         if sort not in SORT_KEYS:
-            raise ApiError(400, f"unknown sort {sort!r}; allowed: {', '.join(SORT_KEYS)}",
-                           {"parameter": "sort", "allowed": list(SORT_KEYS)})
+            raise ApiError(
+                400,
+                f"unknown sort {sort!r}; allowed: {', '.join(SORT_KEYS)}",
+                {"parameter": "sort", "allowed": list(SORT_KEYS)},
+            )
         name = self._query("name")
         if name is not None:
             name = check_name(name, "name parameter")
@@ -54,8 +57,11 @@ class ImagesHandler(BodyHandler):
         )
         if len(page) > limit:
             page = page[:limit]
-            params = {"sort": sort, "limit": str(limit),
-                      "cursor": encode_cursor(position_of(sort, page[-1]))}
+            params = {
+                "sort": sort,
+                "limit": str(limit),
+                "cursor": encode_cursor(position_of(sort, page[-1])),
+            }
             if name is not None:
                 params["name"] = name
             link = "/images?" + urllib.parse.urlencode(params)

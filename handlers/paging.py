@@ -19,8 +19,9 @@ def encode_cursor(pos: Position) -> str:
 
 
 def decode_cursor(cursor: str, sort: str) -> Position:
-    invalid = ApiError(400, "invalid cursor: pass back the one from the Link header",
-                       {"parameter": "cursor"})
+    invalid = ApiError(
+        400, "invalid cursor: pass back the one from the Link header", {"parameter": "cursor"}
+    )
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = orjson.loads(raw)
@@ -35,8 +36,9 @@ def decode_cursor(cursor: str, sort: str) -> Position:
     if not isinstance(image_id, str) or not image_id or len(image_id) > 255:
         raise invalid
     if key != sort:
-        raise ApiError(400, f"cursor was made for sort={key}, not sort={sort}",
-                       {"parameter": "cursor"})
+        raise ApiError(
+            400, f"cursor was made for sort={key}, not sort={sort}", {"parameter": "cursor"}
+        )
     if expect is int and not (-(2**62) < sort_value < 2**62):
         raise invalid
     return Position(sort=key, value=sort_value, id=image_id)
@@ -44,6 +46,7 @@ def decode_cursor(cursor: str, sort: str) -> Position:
 
 def parse_limit(raw: str) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LIMIT}",
-                       {"parameter": "limit"})
+        raise ApiError(
+            400, f"limit must be an integer from 1 to {MAX_LIMIT}", {"parameter": "limit"}
+        )
     return int(raw)

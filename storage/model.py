@@ -52,7 +52,7 @@ class ListQuery:
     limit: int = 500
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def to_micros(ts: dt.datetime) -> int:
@@ -66,4 +66,4 @@ def from_micros(us: int) -> dt.datetime:
 
 def format_timestamp(ts: dt.datetime) -> str:
     """RFC 3339, UTC, always six fractional digits, `Z` suffix (SPEC 1)."""
-    return ts.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

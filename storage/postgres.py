@@ -100,7 +100,7 @@ def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
 
 
 def _to_utc(ts: dt.datetime) -> dt.datetime:
-    return ts.astimezone(dt.timezone.utc)
+    return ts.astimezone(dt.UTC)
 
 
 def _row_to_image(row: tuple) -> Image:
@@ -153,7 +153,7 @@ class PostgresStorage(Storage):
             pool.close()
             try:
                 await asyncio.wait_for(pool.wait_closed(), self._timeout)
-            except (asyncio.TimeoutError, *_CONNECTION_ERRORS):
+            except (TimeoutError, *_CONNECTION_ERRORS):
                 pool.terminate()
 
     async def _get_pool(self) -> aiopg.Pool:
@@ -237,7 +237,9 @@ class PostgresStorage(Storage):
                     # Possibly a failover: choose the host again next time.
                     await self._drop_pool()
                     self._last_failure = time.monotonic()
-                    self._last_error = f"database unavailable: {str(exc).strip() or type(exc).__name__}"
+                    self._last_error = (
+                        f"database unavailable: {str(exc).strip() or type(exc).__name__}"
+                    )
                     raise StorageUnavailable(self._last_error) from exc
             except psycopg2.DataError as exc:
                 raise Invalid(str(exc).strip()) from exc

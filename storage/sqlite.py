@@ -65,7 +65,7 @@ def _row_to_image(row: tuple) -> Image:
 
 
 def _now_micros() -> int:
-    return to_micros(dt.datetime.now(dt.timezone.utc))
+    return to_micros(dt.datetime.now(dt.UTC))
 
 
 class SqliteStorage(Storage):
