@@ -38,6 +38,7 @@ class Config:
     db_connect_timeout: float
     shutdown_timeout: float
     reuse_port: bool
+    admission_mode: str
 
     @property
     def storage_kind(self) -> str:
@@ -126,6 +127,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="SECONDS",
     )
     flag("reuse-port", "set SO_REUSEPORT so several instances can share one port")
+    add(
+        "admission-mode",
+        "enforce: deny images not on the list; warn: admit but return "
+        "and log the would-be denials (for rolling the policy out)",
+        "enforce",
+        metavar="enforce|warn",
+    )
     return parser
 
 
@@ -195,6 +203,8 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
             raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
     if ns.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format {ns.log_format!r}: expected json or console")
+    if ns.admission_mode not in ("enforce", "warn"):
+        raise ConfigError(f"--admission-mode {ns.admission_mode!r}: expected enforce or warn")
     url = database_url(ns)
     if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
         raise ConfigError(f"--database-url {url!r}: a SQLite URL is sqlite:///PATH")
@@ -213,4 +223,5 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         db_connect_timeout=float(_number("db-connect-timeout", ns.db_connect_timeout, float, 1)),
         shutdown_timeout=float(_number("shutdown-timeout", ns.shutdown_timeout, float, 0)),
         reuse_port=bool(ns.reuse_port),
+        admission_mode=str(ns.admission_mode),
     )

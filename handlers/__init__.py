@@ -8,6 +8,7 @@ from handlers.base import log_request
 from handlers.context import AppContext
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
 from handlers.images import ImageHandler, ImagesHandler
+from handlers.metrics import MetricsHandler
 
 __all__ = ["AppContext", "make_app"]
 
@@ -19,6 +20,7 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
         (r"/images/(.+)", ImageHandler, args),
         (r"/health/ping", PingHandler, args),
         (r"/health/live", LiveHandler, args),
+        (r"/metrics", MetricsHandler, args),
     ]
     return tornado.web.Application(
         routes,

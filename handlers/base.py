@@ -34,6 +34,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.started = time.perf_counter()
         self.token_name = None
         self.ctx.inflight += 1
+        self.ctx.metrics.inflight.inc()
         self._counted = True
         sent = self.request.headers.get("X-Request-ID", "")
         self.request_id = sent if _REQUEST_ID.match(sent) else uuid.uuid4().hex
@@ -54,6 +55,13 @@ class BaseHandler(tornado.web.RequestHandler):
         if self._counted:
             self._counted = False
             self.ctx.inflight -= 1
+            self.ctx.metrics.inflight.dec()
+            self.ctx.metrics.observe_request(
+                self.route,
+                self.request.method or "",
+                self.get_status(),
+                time.perf_counter() - self.started,
+            )
 
     def on_connection_close(self) -> None:
         self.on_finish()

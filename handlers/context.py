@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from config.options import Config
 from storage.base import Storage
+
+if TYPE_CHECKING:
+    from handlers.metrics import Metrics
 
 
 @dataclass
 class AppContext:
     config: Config
     storage: Storage
+    metrics: Metrics = field(default_factory=lambda: _new_metrics())
     #: Entries per database page when streaming `GET /images`.
     list_chunk: int = 500
     #: Requests being served now; shutdown waits for this to reach zero.
     inflight: int = 0
+    #: Called on SIGHUP (tokens file, TLS files, ...), each independently.
+    reload_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def reload(self) -> None:
+        for hook in self.reload_hooks:
+            hook()
+
+
+def _new_metrics() -> Metrics:
+    from handlers.metrics import Metrics
+
+    return Metrics()
