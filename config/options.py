@@ -12,6 +12,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 ENV_PREFIX = "IMAGELIST_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -49,12 +50,18 @@ class Config:
         return self.certfile is not None
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # main() prints ConfigError as "imagelist: ..." and exits 2, like argparse.
+        raise ConfigError(f"{message} (see --help)")
+
+
 def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper().replace("-", "_")
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imagelist",
         description="Container-image allowlist service (REST API, Kubernetes admission).",
         epilog=(
@@ -110,7 +117,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("certfile", "TLS certificate (PEM); TLS is on when --keyfile is also given", metavar="PATH")
     add("keyfile", "TLS private key (PEM)", metavar="PATH")
     flag("debug", "log at debug level")
-    add("log-format", "log line format", "json", choices=("json", "console"))
+    add("log-format", "log line format: json or console", "json", metavar="FORMAT")
     add("max-body-size", "largest accepted request body, in bytes", "1048576", metavar="BYTES")
     add("db-pool-size", "largest number of pooled PostgreSQL connections", "10", metavar="N")
     add("db-timeout", "seconds a database query or pool wait may take", "5", metavar="SECONDS")

@@ -66,6 +66,22 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_connection_close(self) -> None:
         self.on_finish()
 
+    def query(self, name: str) -> str | None:
+        """The last `name` query parameter, exactly as sent.
+
+        Tornado's get_query_argument silently deletes control characters;
+        here they reach validation and are rejected there instead.
+        """
+        values = self.request.query_arguments.get(name)
+        if not values:
+            return None
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(
+                400, f"query parameter {name} is not valid UTF-8", {"parameter": name}
+            ) from None
+
     # -- responses ---------------------------------------------------------
 
     def write_json(self, value: Any, status: int = 200) -> None:

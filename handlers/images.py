@@ -31,22 +31,18 @@ def image_json(image: Image) -> dict[str, Any]:
 class ImagesHandler(BodyHandler):
     route = "/images"
 
-    def _query(self, name: str) -> str | None:
-        value = self.get_query_argument(name, None, strip=False)
-        return value
-
     async def get(self) -> None:
-        sort = self._query("sort") or DEFAULT_SORT
+        sort = self.query("sort") or DEFAULT_SORT
         if sort not in SORT_KEYS:
             raise ApiError(
                 400,
                 f"unknown sort {sort!r}; allowed: {', '.join(SORT_KEYS)}",
                 {"parameter": "sort", "allowed": list(SORT_KEYS)},
             )
-        name = self._query("name")
+        name = self.query("name")
         if name is not None:
             name = check_name(name, "name parameter")
-        limit_raw, cursor = self._query("limit"), self._query("cursor")
+        limit_raw, cursor = self.query("limit"), self.query("cursor")
         if limit_raw is None and cursor is None:
             await self._stream_all(sort, name)
             return
