@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgcluster import PgCluster, create_database  # noqa: E402
-
 from config import load_config  # noqa: E402
 from handlers import AppContext, make_app  # noqa: E402
 from storage import create_storage  # noqa: E402
+
+from pgcluster import PgCluster, create_database  # noqa: E402
 
 EXTERNAL_PG = os.environ.get("IMAGELIST_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgres"]

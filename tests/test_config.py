@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from config import ConfigError, load_config
+
 from daemon import ROOT
 
 OLD_FLAGS = [
@@ -145,7 +147,7 @@ def test_listen_forms(listen: str) -> None:
         ([], {"IMAGELIST_LOG_FORMAT": "xml"}, "--log-format"),
     ],
 )
-def test_bad_values_are_refused_naming_the_option(args, env, message) -> None:  # noqa: ANN001
+def test_bad_values_are_refused_naming_the_option(args, env, message) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(args, env=env)
 

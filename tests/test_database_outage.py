@@ -9,6 +9,7 @@ import time
 
 import psycopg2
 import pytest
+
 from daemon import Daemon
 from pgcluster import PgCluster
 
@@ -18,7 +19,7 @@ def database_url(pg_cluster: PgCluster) -> str:
     return pg_cluster.url()
 
 
-async def wait_for(api, path: str, status: int, timeout: float = 20) -> None:  # noqa: ANN001
+async def wait_for(api, path: str, status: int, timeout: float = 20) -> None:
     import asyncio
 
     deadline = time.monotonic() + timeout
@@ -30,7 +31,7 @@ async def wait_for(api, path: str, status: int, timeout: float = 20) -> None:  #
         await asyncio.sleep(0.1)
 
 
-def assert_503(reply) -> None:  # noqa: ANN001
+def assert_503(reply) -> None:
     assert reply.status == 503, reply.body
     assert reply.headers["Content-Type"] == "application/json"
     assert "unavailable" in reply.json["error"] or "did not answer" in reply.json["error"]

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import reset_postgres
 from daemon import Daemon
 

@@ -310,7 +310,7 @@ async def test_chunked_body_over_the_limit_is_413(api, base_url) -> None:
 
     chunks = producer_chunks()
 
-    async def producer(write):  # noqa: ANN001
+    async def producer(write):
         for chunk in chunks:
             await write(chunk)
 

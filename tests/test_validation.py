@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from handlers.errors import ApiError
 from handlers.validation import parse_image
 from storage.model import NewImage
