@@ -2,12 +2,15 @@
 
 Rules (SPEC 1): ids are printable, no whitespace, 1-255 chars; names are
 printable, 1-255 chars; tags are strings like ids, order kept, duplicates
-dropped. "Printable" excludes NUL and other control characters and lone
-surrogates, which neither backend could store faithfully.
+dropped. "Printable" excludes NUL and other control characters, line
+separators and lone surrogates (which neither backend stores faithfully).
+The patterns are regular expressions so openapi.yaml can state exactly
+the same rule (the fuzz tests check that the two agree).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from handlers.errors import ApiError
@@ -15,6 +18,11 @@ from storage.model import NewImage
 
 MAX_LEN = 255
 MAX_TAGS = 1000
+# Kept in sync with openapi.yaml (components.schemas.Id / Name).
+ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]+$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+$"
+_ID = re.compile(ID_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
 
 
 def _check_string(field: str, value: Any, *, spaces: bool) -> str:
@@ -24,7 +32,7 @@ def _check_string(field: str, value: Any, *, spaces: bool) -> str:
         raise ApiError(400, f"{field} must not be empty", {"field": field})
     if len(value) > MAX_LEN:
         raise ApiError(400, f"{field} is longer than {MAX_LEN} characters", {"field": field})
-    if not value.isprintable() or (not spaces and any(c.isspace() for c in value)):
+    if not (_NAME if spaces else _ID).fullmatch(value):
         what = "non-printable" if spaces else "non-printable or whitespace"
         raise ApiError(400, f"{field} contains {what} characters", {"field": field})
     return value
