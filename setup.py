@@ -33,5 +33,7 @@ setup(
             "schemathesis>=4",
         ],
     },
+    # Served at /openapi.yaml by an installed daemon (handlers/docs.py).
+    data_files=[("share/imagelist", ["openapi.yaml"])],
     entry_points={"console_scripts": ["imagelist=imagelist:main_entry"]},
 )

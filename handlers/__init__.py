@@ -6,6 +6,7 @@ import tornado.web
 
 from handlers.base import log_request
 from handlers.context import AppContext
+from handlers.docs import OpenApiDocument, OpenApiJsonHandler, OpenApiYamlHandler
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
 from handlers.images import ImageHandler, ImagesHandler
 from handlers.metrics import MetricsHandler
@@ -15,12 +16,15 @@ __all__ = ["AppContext", "make_app"]
 
 def make_app(ctx: AppContext) -> tornado.web.Application:
     args = {"ctx": ctx}
+    document = OpenApiDocument.load()
     routes = [
         (r"/images", ImagesHandler, args),
         (r"/images/(.+)", ImageHandler, args),
         (r"/health/ping", PingHandler, args),
         (r"/health/live", LiveHandler, args),
         (r"/metrics", MetricsHandler, args),
+        (r"/openapi\.yaml", OpenApiYamlHandler, {**args, "document": document}),
+        (r"/openapi\.json", OpenApiJsonHandler, {**args, "document": document}),
     ]
     return tornado.web.Application(
         routes,
