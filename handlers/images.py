@@ -32,7 +32,8 @@ class ImagesHandler(BodyHandler):
     route = "/images"
 
     async def get(self) -> None:
-        sort = self.query("sort") or DEFAULT_SORT
+        sort = self.query("sort")
+        sort = DEFAULT_SORT if sort is None else sort
         if sort not in SORT_KEYS:
             raise ApiError(
                 400,
@@ -47,7 +48,7 @@ class ImagesHandler(BodyHandler):
             await self._stream_all(sort, name)
             return
         limit = parse_limit(limit_raw) if limit_raw is not None else DEFAULT_PAGE
-        after = decode_cursor(cursor, sort) if cursor else None
+        after = decode_cursor(cursor, sort) if cursor is not None else None
         page = await self.ctx.storage.list_page(
             ListQuery(sort=sort, name=name, after=after, limit=limit + 1)
         )

@@ -19,8 +19,8 @@ from storage.model import NewImage
 MAX_LEN = 255
 MAX_TAGS = 1000
 # Kept in sync with openapi.yaml (components.schemas.Id / Name).
-ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]+$"
-NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+$"
+ID_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
 _ID = re.compile(ID_PATTERN)
 _NAME = re.compile(NAME_PATTERN)
 
@@ -32,10 +32,20 @@ def _check_string(field: str, value: Any, *, spaces: bool) -> str:
         raise ApiError(400, f"{field} must not be empty", {"field": field})
     if len(value) > MAX_LEN:
         raise ApiError(400, f"{field} is longer than {MAX_LEN} characters", {"field": field})
-    if not (_NAME if spaces else _ID).fullmatch(value):
+    # Lone surrogates cannot arrive in valid JSON or UTF-8; refuse them here
+    # too, so a caller bypassing the parsers cannot store one.
+    if not (_NAME if spaces else _ID).fullmatch(value) or not _encodable(value):
         what = "non-printable" if spaces else "non-printable or whitespace"
         raise ApiError(400, f"{field} contains {what} characters", {"field": field})
     return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_id(value: Any, field: str = "id") -> str:
