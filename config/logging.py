@@ -23,7 +23,10 @@ def setup_logging(log_format: str = "json", debug: bool = False) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if log_format == "console":
-        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer()
+        # Colour codes only on a terminal, not in a pipe, file or the journal.
+        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(
+            colors=sys.stdout.isatty()
+        )
         exc: list[structlog.typing.Processor] = []
     else:
         renderer = structlog.processors.JSONRenderer()
