@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -139,3 +140,18 @@ def test_debug_option_sets_the_level(tmp_path: Path, debug: bool) -> None:
     levels = {e["level"] for e in d.logs()}
     # asyncio itself logs at debug level when the loop starts.
     assert ("debug" in levels) is debug
+
+
+def test_tornados_own_log_lines_are_json_too(tmp_path: Path) -> None:
+    with Daemon(*sqlite(tmp_path)) as d:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=10) as conn:
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            reply = conn.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 400"), reply
+        deadline = time.monotonic() + 10
+        while not (lines := [e for e in d.logs() if e.get("logger") == "tornado.general"]):
+            assert time.monotonic() < deadline, d.output
+            time.sleep(0.05)
+    (line,) = lines
+    assert line["level"] in ("info", "warning")
+    assert "Malformed HTTP" in line["event"]
