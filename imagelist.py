@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
 import sys
@@ -16,19 +17,30 @@ from tornado.netutil import bind_sockets
 
 from config import Config, ConfigError, load_config
 from config.logging import setup_logging
+from config.systemd import notify, watchdog_interval
+from config.tls import ReloadableTls
 from handlers import AppContext, make_app
+from handlers.metrics import Metrics
 from storage import StorageError, create_storage
 
 log = structlog.get_logger("imagelist")
 
 
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    if not config.tls:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.certfile, config.keyfile)  # type: ignore[arg-type]
-    return context
+def sd_notify(state: str) -> None:
+    """Tell systemd; a broken notify socket must not take the service down."""
+    try:
+        if notify(state):
+            log.debug("sd_notify", state=state)
+    except OSError as exc:
+        log.warning("sd_notify_failed", state=state, error=str(exc))
+
+
+async def watchdog_pings(interval: float) -> None:
+    # Pinged from the loop itself, so a wedged loop stops the pings and
+    # systemd restarts the service.
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
 
 
 async def drain(ctx: AppContext, server: HTTPServer, timeout: float) -> None:
@@ -43,23 +55,31 @@ async def drain(ctx: AppContext, server: HTTPServer, timeout: float) -> None:
 
 
 async def serve(config: Config) -> int:
+    metrics = Metrics()
     storage = create_storage(
         config.database_url,
         pool_size=config.db_pool_size,
         timeout=config.db_timeout,
         connect_timeout=config.db_connect_timeout,
+        observer=metrics.observe_query,
     )
+    metrics.watch_storage(storage)
     try:
         await storage.open()
     except (StorageError, OSError) as exc:
         log.error("storage_open_failed", storage=storage.kind, error=str(exc))
         return 1
-    ctx = AppContext(config=config, storage=storage)
-    try:
-        ssl_options = tls_context(config)
-    except (OSError, ssl.SSLError) as exc:
-        log.error("tls_setup_failed", error=str(exc))
-        return 1
+    ctx = AppContext(config=config, storage=storage, metrics=metrics)
+    ssl_options: ssl.SSLContext | None = None
+    if config.certfile and config.keyfile:
+        try:
+            tls = ReloadableTls(config.certfile, config.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("tls_setup_failed", error=str(exc))
+            await storage.close()
+            return 1
+        ssl_options = tls.context
+        ctx.reload_hooks.append(tls.reload)
     server = HTTPServer(
         make_app(ctx),
         ssl_options=ssl_options,
@@ -88,10 +108,19 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.reload)
+    # Only now: the sockets listen and every signal handler is in place.
+    sd_notify(f"READY=1\nSTATUS=listening on port {port}")
+    interval = watchdog_interval()
+    pinger = asyncio.create_task(watchdog_pings(interval)) if interval else None
     await stop.wait()
+    sd_notify("STOPPING=1")
     log.info("stopping", inflight=ctx.inflight)
     await drain(ctx, server, config.shutdown_timeout)
     await storage.close()
+    if pinger is not None:
+        pinger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pinger
     log.info("stopped")
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from types import TracebackType
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
@@ -21,7 +23,10 @@ def setup_logging(log_format: str = "json", debug: bool = False) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if log_format == "console":
-        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer()
+        # Colour codes only on a terminal, not in a pipe, file or the journal.
+        renderer: structlog.typing.Processor = structlog.dev.ConsoleRenderer(
+            colors=sys.stdout.isatty()
+        )
         exc: list[structlog.typing.Processor] = []
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -54,3 +59,35 @@ def setup_logging(log_format: str = "json", debug: bool = False) -> None:
     # Tornado's access log would duplicate our own request line.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    route_uncaught_errors()
+
+
+def route_uncaught_errors() -> None:
+    """Python prints uncaught exceptions (main thread, other threads, and
+    "Exception ignored in ..." ones) to stderr as plain text: log them."""
+    log = logging.getLogger("imagelist")
+
+    def excepthook(
+        typ: type[BaseException], value: BaseException, tb: TracebackType | None
+    ) -> None:
+        log.critical("uncaught_exception", exc_info=(typ, value, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            log.error(
+                "uncaught_exception_in_thread",
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+                extra={"thread": args.thread.name if args.thread else None},
+            )
+
+    def unraisable_hook(args: sys.UnraisableHookArgs) -> None:
+        if args.exc_value is not None:
+            log.error(
+                "unraisable_exception",
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+                extra={"context": args.err_msg or repr(args.object)},
+            )
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.base import Storage
+from storage.base import PoolStats, QueryObserver, Storage
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
 from storage.model import Image, ListQuery, NewImage, Position
 
@@ -12,7 +12,9 @@ __all__ = [
     "ListQuery",
     "NewImage",
     "NotFound",
+    "PoolStats",
     "Position",
+    "QueryObserver",
     "Storage",
     "StorageError",
     "StorageUnavailable",
@@ -21,17 +23,26 @@ __all__ = [
 
 
 def create_storage(
-    database_url: str, *, pool_size: int = 10, timeout: float = 5.0, connect_timeout: float = 3.0
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    timeout: float = 5.0,
+    connect_timeout: float = 3.0,
+    observer: QueryObserver | None = None,
 ) -> Storage:
     """The backend a database URL names: `sqlite:///path` or PostgreSQL."""
     if database_url.startswith("sqlite:"):
         from storage.sqlite import SqliteStorage
 
-        return SqliteStorage(sqlite_path(database_url))
+        return SqliteStorage(sqlite_path(database_url), observer=observer)
     from storage.postgres import PostgresStorage
 
     return PostgresStorage(
-        database_url, pool_size=pool_size, timeout=timeout, connect_timeout=connect_timeout
+        database_url,
+        pool_size=pool_size,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        observer=observer,
     )
 
 

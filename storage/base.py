@@ -3,9 +3,57 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from storage.errors import NotFound
 from storage.model import Image, ListQuery, NewImage, Position
+
+T = TypeVar("T")
+
+#: Told about every storage operation: (operation, seconds, ok). Metrics hang
+#: off this so that storage stays free of prometheus and tornado.
+QueryObserver = Callable[[str, float, bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A backend's connection pool right now, in backend-neutral terms."""
+
+    #: Connections open now.
+    size: int
+    #: Connections handed out to an operation now.
+    in_use: int
+    #: The most connections the pool will open.
+    max_size: int
+    #: Operations so far that had to wait because every connection was busy.
+    waits: int
+
+
+def observed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Time a Storage method and report it to the store's observer. NotFound
+    is an answer, not a failure; every other exception counts as one."""
+    operation = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: Storage, *args: Any, **kwargs: Any) -> T:
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await fn(self, *args, **kwargs)
+            ok = True
+            return result
+        except NotFound:
+            ok = True
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(operation, time.perf_counter() - started, ok)
+
+    return wrapper
 
 
 class Storage(abc.ABC):
@@ -13,6 +61,8 @@ class Storage(abc.ABC):
 
     #: Short name for logs and metrics ("postgres" or "sqlite").
     kind: str = ""
+    #: Optional callback told about every operation (see `observed`).
+    observer: QueryObserver | None = None
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -43,6 +93,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def count(self) -> int: ...
+
+    def pool_stats(self) -> PoolStats:
+        """The connection pool now; cheap and synchronous (read at scrape time)."""
+        return PoolStats(size=0, in_use=0, max_size=0, waits=0)
 
     async def iter_pages(self, query: ListQuery) -> AsyncIterator[list[Image]]:
         """Every matching entry, one bounded page at a time.

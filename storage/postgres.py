@@ -21,7 +21,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import Storage
+from storage.base import PoolStats, QueryObserver, Storage, observed
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
 from storage.model import Image, ListQuery, NewImage, from_micros
 from storage.sql import SELECT_COLUMNS, all_list_sql
@@ -124,7 +124,10 @@ class PostgresStorage(Storage):
         timeout: float = 5.0,
         connect_timeout: float = 3.0,
         retry_interval: float = 1.0,
+        observer: QueryObserver | None = None,
     ) -> None:
+        self.observer = observer
+        self._waits = 0
         self._hosts, self._want_rw = split_hosts(dsn, connect_timeout)
         self._pool_size = pool_size
         self._timeout = timeout
@@ -229,6 +232,8 @@ class PostgresStorage(Storage):
         operation here is idempotent."""
         for attempt in (1, 2):
             pool = await self._get_pool()
+            if pool.freesize == 0 and pool.size >= pool.maxsize:
+                self._waits += 1
             try:
                 async with pool.acquire() as conn, conn.cursor() as cur:
                     return await op(cur)
@@ -247,8 +252,20 @@ class PostgresStorage(Storage):
                 raise StorageError(f"database error: {exc.pgerror or exc}") from exc
         raise AssertionError("unreachable")
 
+    def pool_stats(self) -> PoolStats:
+        pool = self._pool
+        if pool is None:
+            return PoolStats(size=0, in_use=0, max_size=self._pool_size, waits=self._waits)
+        return PoolStats(
+            size=pool.size,
+            in_use=pool.size - pool.freesize,
+            max_size=pool.maxsize,
+            waits=self._waits,
+        )
+
     # -- the Storage interface -------------------------------------------
 
+    @observed
     async def ping(self) -> None:
         async def op(cur: Any) -> None:
             await cur.execute(PING_SQL)
@@ -256,6 +273,7 @@ class PostgresStorage(Storage):
 
         await self._run(op)
 
+    @observed
     async def get(self, image_id: str) -> Image:
         async def op(cur: Any) -> tuple | None:
             await cur.execute(GET_SQL, {"id": image_id})
@@ -266,6 +284,7 @@ class PostgresStorage(Storage):
             raise NotFound(image_id)
         return _row_to_image(row)
 
+    @observed
     async def put(self, new: NewImage) -> Image:
         params = {"id": new.id, "name": new.name, "tags": list(new.tags)}
 
@@ -275,12 +294,14 @@ class PostgresStorage(Storage):
 
         return _row_to_image(await self._run(op))
 
+    @observed
     async def delete(self, image_id: str) -> None:
         async def op(cur: Any) -> None:
             await cur.execute(DELETE_SQL, {"id": image_id})
 
         await self._run(op)
 
+    @observed
     async def list_page(self, query: ListQuery) -> list[Image]:
         sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
         params: dict[str, object] = {"limit": query.limit, "name": query.name}
@@ -297,6 +318,7 @@ class PostgresStorage(Storage):
 
         return [_row_to_image(r) for r in await self._run(op)]
 
+    @observed
     async def count(self) -> int:
         async def op(cur: Any) -> int:
             await cur.execute(COUNT_SQL)

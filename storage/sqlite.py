@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
 
-from storage.base import Storage
+from storage.base import PoolStats, QueryObserver, Storage, observed
 from storage.errors import NotFound, StorageUnavailable
 from storage.model import Image, ListQuery, NewImage, from_micros, to_micros
 from storage.sql import SELECT_COLUMNS, all_list_sql
@@ -71,9 +71,13 @@ def _now_micros() -> int:
 class SqliteStorage(Storage):
     kind = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, observer: QueryObserver | None = None) -> None:
         self.path = path
+        self.observer = observer
         self._conn: sqlite3.Connection | None = None
+        # The "pool" is one connection on one thread: operations queue for it.
+        self._pending = 0
+        self._waits = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="imagelist-sqlite"
         )
@@ -89,7 +93,19 @@ class SqliteStorage(Storage):
                 # transient from the client's point of view.
                 raise StorageUnavailable(f"SQLite error: {exc}") from exc
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        if self._pending:
+            self._waits += 1
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        finally:
+            self._pending -= 1
+
+    def pool_stats(self) -> PoolStats:
+        is_open = self._conn is not None
+        return PoolStats(
+            size=int(is_open), in_use=min(self._pending, 1), max_size=1, waits=self._waits
+        )
 
     async def open(self) -> None:
         def connect() -> None:
@@ -128,15 +144,18 @@ class SqliteStorage(Storage):
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
 
+    @observed
     async def ping(self) -> None:
         await self._run(lambda c: c.execute(PING_SQL).fetchone())
 
+    @observed
     async def get(self, image_id: str) -> Image:
         row = await self._run(lambda c: c.execute(GET_SQL, {"id": image_id}).fetchone())
         if row is None:
             raise NotFound(image_id)
         return _row_to_image(row)
 
+    @observed
     async def put(self, new: NewImage) -> Image:
         params = {
             "id": new.id,
@@ -158,9 +177,11 @@ class SqliteStorage(Storage):
 
         return _row_to_image(await self._run(upsert))
 
+    @observed
     async def delete(self, image_id: str) -> None:
         await self._run(lambda c: c.execute(DELETE_SQL, {"id": image_id}))
 
+    @observed
     async def list_page(self, query: ListQuery) -> list[Image]:
         sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
         params: dict[str, object] = {"limit": query.limit, "name": query.name}
@@ -170,6 +191,7 @@ class SqliteStorage(Storage):
         rows = await self._run(lambda c: c.execute(sql, params).fetchall())
         return [_row_to_image(r) for r in rows]
 
+    @observed
     async def count(self) -> int:
         (n,) = await self._run(lambda c: c.execute(COUNT_SQL).fetchone())
         return int(n)

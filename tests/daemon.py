@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class Daemon:
     """`imagelist.py` in a subprocess; stdout (JSON log lines) is collected."""
 
+    #: The script to run (a test may run a wrapper around imagelist.py).
+    program: Path = ROOT / "imagelist.py"
+
     def __init__(
         self, *args: str, env: dict[str, str] | None = None, port: int | None = None
     ) -> None:
@@ -36,7 +39,7 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 15) -> Daemon:
         self.output = []
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "imagelist.py"), *self.args],
+            [sys.executable, str(self.program), *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
