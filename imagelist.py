@@ -12,11 +12,15 @@ from collections.abc import Sequence
 
 import structlog
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from config import Config, ConfigError, load_config
 from config.logging import setup_logging
+from config.tokens import TokenFileError, TokenRegistry
+from config.watch import FileWatcher
 from handlers import AppContext, make_app
+from handlers.metrics import Metrics
 from storage import StorageError, create_storage
 
 log = structlog.get_logger("imagelist")
@@ -42,7 +46,36 @@ async def drain(ctx: AppContext, server: HTTPServer, timeout: float) -> None:
     await server.close_all_connections()
 
 
+def load_tokens(config: Config, metrics: Metrics) -> TokenRegistry | None:
+    """The token registry, or None (auth off); TokenFileError refuses start-up."""
+    if not config.tokens_file:
+        log.warning("auth_disabled", reason="no --tokens-file: PUT and DELETE are unauthenticated")
+        return None
+    tokens = TokenRegistry(config.tokens_file, metrics)
+    tokens.load()
+    return tokens
+
+
+def watch_tokens(ctx: AppContext) -> FileWatcher | None:
+    """Reload the tokens file on change (watchdog) and on SIGHUP."""
+    tokens = ctx.tokens
+    if tokens is None:
+        return None
+    watcher = FileWatcher(tokens.path, tokens.reload, IOLoop.current())
+    watcher.start()
+    ctx.reload_hooks.append(lambda: tokens.reload("sighup", force=True))
+    # A change between the start-up load and the watch would go unseen.
+    tokens.reload("startup")
+    return watcher
+
+
 async def serve(config: Config) -> int:
+    metrics = Metrics()
+    try:
+        tokens = load_tokens(config, metrics)
+    except TokenFileError as exc:
+        log.error("tokens_file_invalid", error=str(exc))
+        return 2
     storage = create_storage(
         config.database_url,
         pool_size=config.db_pool_size,
@@ -54,7 +87,7 @@ async def serve(config: Config) -> int:
     except (StorageError, OSError) as exc:
         log.error("storage_open_failed", storage=storage.kind, error=str(exc))
         return 1
-    ctx = AppContext(config=config, storage=storage)
+    ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
     try:
         ssl_options = tls_context(config)
     except (OSError, ssl.SSLError) as exc:
@@ -88,7 +121,12 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.reload)
-    await stop.wait()
+    watcher = watch_tokens(ctx)
+    try:
+        await stop.wait()
+    finally:
+        if watcher is not None:
+            watcher.stop()
     log.info("stopping", inflight=ctx.inflight)
     await drain(ctx, server, config.shutdown_timeout)
     await storage.close()
