@@ -60,10 +60,15 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     # str(exc) quotes the offending line of the file, which may be a token:
     # report the problem and its position only.
     if isinstance(exc, yaml.MarkedYAMLError):
-        parts = [p for p in (exc.context, exc.problem) if p]
-        where = exc.problem_mark or exc.context_mark
-        position = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        return f"not valid YAML: {', '.join(parts) or 'syntax error'}{position}"
+
+        def at(text: str | None, mark: Any) -> str:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            return f"{text}{where}" if text else ""
+
+        parts = [at(exc.context, exc.context_mark), at(exc.problem, exc.problem_mark)]
+        return "not valid YAML: " + (", ".join(p for p in parts if p) or "syntax error")
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not valid YAML: {exc.reason} at byte {exc.position}"
     return "not valid YAML"
 
 

@@ -32,6 +32,8 @@ log = structlog.get_logger("imagelist.tokens")
 #: Seconds to wait after the first event of a burst before re-reading:
 #: long enough for a rename or symlink swap to complete, well under 1 s.
 DEBOUNCE = 0.1
+#: Seconds between re-checks while a directory to watch does not exist.
+RETRY = 1.0
 #: Our own reads of the file cause these; reacting would loop forever.
 _IGNORED = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
 
@@ -99,11 +101,11 @@ class FileWatcher:
             wanted.add(target_dir)
         return wanted
 
-    def _update_watches(self) -> None:
+    def _update_watches(self) -> bool:
         """(Re)point the observer at the right directories: a symlink may now
-        lead somewhere else."""
+        lead somewhere else. False when one of them cannot be watched yet."""
         if self._observer is None:
-            return
+            return True
         self._names = frozenset(
             {os.path.basename(self.path), os.path.basename(os.path.realpath(self.path))}
         )
@@ -116,8 +118,12 @@ class FileWatcher:
                 # KeyError: the emitter already went with the directory.
                 with contextlib.suppress(KeyError):
                     self._observer.unschedule(watch)
+        complete = True
         for directory, inode in wanted.items():
-            if directory in self._watches or inode is None:
+            if directory in self._watches:
+                continue
+            if inode is None:
+                complete = False
                 continue
             try:
                 watch = self._observer.schedule(
@@ -125,8 +131,10 @@ class FileWatcher:
                 )
             except OSError as exc:
                 log.error("tokens_watch_failed", directory=directory, error=str(exc))
+                complete = False
                 continue
             self._watches[directory] = (watch, inode)
+        return complete
 
     # -- events ----------------------------------------------------------------
 
@@ -148,4 +156,7 @@ class FileWatcher:
         try:
             self.on_change()
         finally:
-            self._update_watches()
+            # A directory that is gone sends no event when it comes back:
+            # poll for it instead.
+            if not self._update_watches() and self._observer is not None:
+                self._pending = self.io_loop.call_later(RETRY, self._fire)
