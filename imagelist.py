@@ -112,9 +112,6 @@ async def serve(config: Config) -> int:
         return 1
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    log.info(
-        "listening", host=config.listen_host or "*", port=port, storage=storage.kind, tls=config.tls
-    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,6 +119,11 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.reload)
     watcher = watch_tokens(ctx)
+    # Announced only now: a SIGHUP sent on seeing this line must find its
+    # handler (the default action would kill the daemon).
+    log.info(
+        "listening", host=config.listen_host or "*", port=port, storage=storage.kind, tls=config.tls
+    )
     try:
         await stop.wait()
     finally:

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -39,7 +39,7 @@ class TokenFileError(ValueError):
 @dataclass(frozen=True, slots=True)
 class TokenEntry:
     name: str
-    digest: bytes  # SHA-256 of the token
+    digest: bytes = field(repr=False)  # SHA-256 of the token; kept out of reprs anyway
     disabled: bool = False
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from tokenfiles import entry, sha256_hex, tokens_yaml
 
-from config.tokens import TokenFileError, TokenRegistry, parse_tokens
+from config.tokens import TokenFileError, TokenRegistry, parse_tokens, token_digest
 
 SECRET = "LF8zuwb2dJMjZLphiSUQHTeA"
 SOURCE = "/etc/imagelist/tokens.yaml"
@@ -31,6 +32,17 @@ tokens:
         ("old-job", True),
         ("deployer", False),
     ]
+
+
+def test_the_readme_example_parses_and_its_hash_is_right() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Authentication", 1)[1].split("\n## ", 1)[0]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    entries = parse_tokens(example.group(1).encode(), "README.md")
+    assert [e.name for e in entries] == ["ci-pipeline", "deployer", "old-job"]
+    assert entries[1].digest == token_digest(b"deploy-secret")
+    assert entries[2].disabled
 
 
 @pytest.mark.parametrize(
