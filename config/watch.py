@@ -3,8 +3,10 @@
 The observer watches the file's directory, not the file: editors and config
 management replace the file by rename, and a Kubernetes ConfigMap/Secret
 mount swaps a `..data` symlink, producing events only for `..`-prefixed
-names. When the path is a symlink to a file elsewhere, the target's
-directory is watched too (edits there produce no event next to the link).
+names. Directories are watched resolved (watchdog sees nothing through a
+symlinked directory). When the path is a symlink to a file elsewhere, the
+target's directory is watched too (edits there produce no event next to the
+link); a directory that disappears is polled for until it is back.
 Events arrive on watchdog's thread and are handed to the loop with
 `IOLoop.add_callback` (its only thread-safe method); a burst of them is
 coalesced into one reload (`call_later`), which compares a content hash.
@@ -90,14 +92,15 @@ class FileWatcher:
         self._watches.clear()
 
     def _directories(self) -> set[str]:
-        parent = os.path.dirname(self.path)
+        # Resolved: watchdog sees nothing inside a directory watched through
+        # a symlink (/etc/imagelist -> /srv/...).
+        parent = os.path.realpath(os.path.dirname(self.path))
         wanted = {parent}
         target_dir = os.path.dirname(os.path.realpath(self.path))
         # A target inside the parent (a ConfigMap's `..<timestamp>` dir) is
         # replaced on every update and covered by the parent's watch; a
         # target elsewhere needs its own watch.
-        resolved_parent = os.path.realpath(parent)
-        if os.path.commonpath([target_dir, resolved_parent]) != resolved_parent:
+        if os.path.commonpath([target_dir, parent]) != parent:
             wanted.add(target_dir)
         return wanted
 

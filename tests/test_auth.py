@@ -341,3 +341,19 @@ async def test_sighup_hook_reloads_and_forces(api, ctx, enable_auth, tokens_path
     ctx.reload()
     assert await status_with(api, CAROL) == 204
     assert await status_with(api, ALICE) == 401
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_symlinked_directory_is_watched(api, enable_auth, tmp_path) -> None:
+    # /etc/imagelist -> /srv/imagelist-config: the file's own directory is a link.
+    real = tmp_path / "srv" / "imagelist-config"
+    real.mkdir(parents=True)
+    (real / "tokens.yaml").write_text(FIRST)
+    linked_dir = tmp_path / "etc-imagelist"
+    linked_dir.symlink_to(real, target_is_directory=True)
+    enable_auth(linked_dir / "tokens.yaml")
+
+    replace_by_rename(real / "tokens.yaml", tokens_yaml(entry("carol", CAROL)))
+    await eventually(lambda: status_with(api, CAROL), 204)
+    write_in_place(linked_dir / "tokens.yaml", FIRST)
+    await eventually(lambda: status_with(api, ALICE), 204)
