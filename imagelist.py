@@ -13,12 +13,15 @@ from collections.abc import Sequence
 
 import structlog
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from config import Config, ConfigError, load_config
 from config.logging import setup_logging
 from config.systemd import notify, watchdog_interval
 from config.tls import ReloadableTls
+from config.tokens import TokenFileError, TokenRegistry
+from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from handlers.metrics import Metrics
 from storage import StorageError, create_storage
@@ -54,8 +57,36 @@ async def drain(ctx: AppContext, server: HTTPServer, timeout: float) -> None:
     await server.close_all_connections()
 
 
+def load_tokens(config: Config, metrics: Metrics) -> TokenRegistry | None:
+    """The token registry, or None (auth off); TokenFileError refuses start-up."""
+    if not config.tokens_file:
+        log.warning("auth_disabled", reason="no --tokens-file: PUT and DELETE are unauthenticated")
+        return None
+    tokens = TokenRegistry(config.tokens_file, metrics)
+    tokens.load()
+    return tokens
+
+
+def watch_tokens(ctx: AppContext) -> FileWatcher | None:
+    """Reload the tokens file on change (watchdog) and on SIGHUP."""
+    tokens = ctx.tokens
+    if tokens is None:
+        return None
+    watcher = FileWatcher(tokens.path, tokens.reload, IOLoop.current())
+    watcher.start()
+    ctx.reload_hooks.append(lambda: tokens.reload("sighup", force=True))
+    # A change between the start-up load and the watch would go unseen.
+    tokens.reload("startup")
+    return watcher
+
+
 async def serve(config: Config) -> int:
     metrics = Metrics()
+    try:
+        tokens = load_tokens(config, metrics)
+    except TokenFileError as exc:
+        log.error("tokens_file_invalid", error=str(exc))
+        return 2
     storage = create_storage(
         config.database_url,
         pool_size=config.db_pool_size,
@@ -69,7 +100,7 @@ async def serve(config: Config) -> int:
     except (StorageError, OSError) as exc:
         log.error("storage_open_failed", storage=storage.kind, error=str(exc))
         return 1
-    ctx = AppContext(config=config, storage=storage, metrics=metrics)
+    ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
     ssl_options: ssl.SSLContext | None = None
     if config.certfile and config.keyfile:
         try:
@@ -99,20 +130,26 @@ async def serve(config: Config) -> int:
         return 1
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    log.info(
-        "listening", host=config.listen_host or "*", port=port, storage=storage.kind, tls=config.tls
-    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.reload)
-    # Only now: the sockets listen and every signal handler is in place.
+    watcher = watch_tokens(ctx)
+    # Announced only now: the sockets listen and every signal handler is in
+    # place (a SIGHUP sent on seeing this would otherwise kill the daemon).
+    log.info(
+        "listening", host=config.listen_host or "*", port=port, storage=storage.kind, tls=config.tls
+    )
     sd_notify(f"READY=1\nSTATUS=listening on port {port}")
     interval = watchdog_interval()
     pinger = asyncio.create_task(watchdog_pings(interval)) if interval else None
-    await stop.wait()
+    try:
+        await stop.wait()
+    finally:
+        if watcher is not None:
+            watcher.stop()
     sd_notify("STOPPING=1")
     log.info("stopping", inflight=ctx.inflight)
     await drain(ctx, server, config.shutdown_timeout)

@@ -16,9 +16,12 @@ from handlers.context import AppContext
 from handlers.errors import ApiError, map_exception
 
 log = structlog.get_logger("imagelist.http")
+auth_log = structlog.get_logger("imagelist.auth")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _HANDLER_METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
+_BEARER = re.compile(r"^Bearer +([^\s]+) *$", re.IGNORECASE)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="imagelist"'}
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -127,6 +130,43 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return
         log.error("unhandled_exception", request_id=self.request_id, exc_info=(typ, value, tb))
+
+    # -- authentication --------------------------------------------------------
+
+    def authorize_write(self) -> None:
+        """Require a valid bearer token when auth is on (`--tokens-file`).
+
+        Write handlers call this before reading the body, so an
+        unauthenticated request gets 401 whatever it sent. The token's
+        name goes into the request log line; the token itself goes nowhere.
+        """
+        tokens = self.ctx.tokens
+        if tokens is None:
+            return
+        header = self.request.headers.get("Authorization")
+        if header is None:
+            raise ApiError(
+                401,
+                "authorization required: send Authorization: Bearer <token>",
+                headers=_CHALLENGE,
+            )
+        match = _BEARER.match(header)
+        if match is None:
+            auth_log.warning("auth_rejected", request_id=self.request_id, reason="malformed")
+            raise ApiError(
+                401, "malformed Authorization header; expected Bearer <token>", headers=_CHALLENGE
+            )
+        # Tornado decodes header bytes as latin-1: this gets the sent bytes back.
+        verdict = tokens.check(match.group(1).encode("latin-1"))
+        if not verdict.ok:
+            auth_log.warning(
+                "auth_rejected",
+                request_id=self.request_id,
+                reason=verdict.reason,
+                token=verdict.name,
+            )
+            raise ApiError(401, "invalid or disabled token", headers=_CHALLENGE)
+        self.token_name = verdict.name
 
     # -- request bodies ------------------------------------------------------
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from config.options import Config
+from config.tokens import TokenRegistry
 from storage.base import Storage
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ class AppContext:
     inflight: int = 0
     #: Called on SIGHUP (tokens file, TLS files, ...), each independently.
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
+    #: Bearer tokens for writes; None when no --tokens-file (auth off).
+    tokens: TokenRegistry | None = None
 
     def reload(self) -> None:
         for hook in self.reload_hooks:

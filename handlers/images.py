@@ -31,6 +31,12 @@ def image_json(image: Image) -> dict[str, Any]:
 class ImagesHandler(BodyHandler):
     route = "/images"
 
+    def prepare(self) -> None:
+        if self.request.method == "PUT":
+            # Before the body is measured or buffered: 401, not 413 or 400.
+            self.authorize_write()
+        super().prepare()
+
     async def get(self) -> None:
         sort = self.query("sort")
         sort = DEFAULT_SORT if sort is None else sort
@@ -93,6 +99,7 @@ class ImagesHandler(BodyHandler):
         self.finish(b"]")
 
     async def put(self) -> None:
+        # authorize_write() already ran in prepare().
         new = parse_image(self.json_body())
         stored = await self.ctx.storage.put(new)
         self.write_json(image_json(stored))
@@ -106,6 +113,7 @@ class ImageHandler(BaseHandler):
         self.write_json(image_json(image))
 
     async def delete(self, image_id: str) -> None:
+        self.authorize_write()
         await self.ctx.storage.delete(check_id(image_id))
         self.set_status(204)
         self.clear_header("Content-Type")

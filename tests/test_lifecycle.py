@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
 from prometheus_client.parser import text_string_to_metric_families
+
+from daemon import Daemon
 
 
 def sqlite(tmp_path: Path) -> list[str]:

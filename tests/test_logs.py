@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
 from faulty_imagelist import SECRET
+
+from daemon import Daemon
 from pgcluster import free_port
 
 HERE = Path(__file__).resolve().parent

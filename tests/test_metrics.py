@@ -9,9 +9,6 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from client import Client
-from conftest import make_config
-from pgcluster import create_database
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -24,6 +21,10 @@ from tornado.testing import bind_unused_port
 from handlers import AppContext, make_app
 from handlers.metrics import Metrics
 from storage import create_storage
+
+from client import Client
+from conftest import make_config
+from pgcluster import create_database
 
 
 async def open_ctx(database_url: str, *options: str) -> AppContext:

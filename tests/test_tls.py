@@ -57,14 +57,13 @@ def test_tls_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
 
 
 def test_tls_context_requires_tls12_or_newer(tmp_path: Path) -> None:
-    import imagelist
-    from config import load_config
+    from config.tls import ReloadableTls
 
     cert, key = make_cert(tmp_path)
-    config = load_config(["--certfile", str(cert), "--keyfile", str(key)], env={})
-    context = imagelist.tls_context(config)
-    assert context is not None
-    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    tls = ReloadableTls(str(cert), str(key))
+    assert tls.context.minimum_version == ssl.TLSVersion.TLSv1_2
+    tls.reload()
+    assert tls._current.minimum_version == ssl.TLSVersion.TLSv1_2
 
 
 def test_unreadable_key_refuses_to_start(tmp_path: Path) -> None:

@@ -1,0 +1,285 @@
+"""The bearer-tokens file: parse and validate it, hold the current set, check tokens.
+
+File format (the old service's, plus `token_sha256`)::
+
+    tokens:
+      - name: ci-pipeline
+        token: 'LF8zuwb2dJMjZLphiSUQHTeA'     # or: token_sha256: <64 hex>
+        is_disabled: false                   # optional, default false
+
+Only SHA-256 digests of the tokens are kept in memory, and no message, log
+line or metric ever carries a token (or a line of the file, which may hold one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+import yaml
+
+log = structlog.get_logger("imagelist.tokens")
+
+#: A tokens file is a handful of lines; refuse to parse something huge.
+MAX_FILE_SIZE = 1024 * 1024
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_ENTRY_KEYS = frozenset({"name", "token", "token_sha256", "is_disabled"})
+
+
+class TokenFileError(ValueError):
+    """The tokens file cannot be used; the message names the file and the problem
+    (never a token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    name: str
+    digest: bytes = field(repr=False)  # SHA-256 of the token; kept out of reprs anyway
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of checking one presented token."""
+
+    name: str | None  # the matching entry's name, also when it is disabled
+    ok: bool
+    reason: str  # "ok", "missing", "malformed", "unknown", "disabled", "no tokens file"
+
+
+def token_digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # str(exc) quotes the offending line of the file, which may be a token:
+    # report the problem and its position only.
+    if isinstance(exc, yaml.MarkedYAMLError):
+
+        def at(text: str | None, mark: Any) -> str:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            return f"{text}{where}" if text else ""
+
+        parts = [at(exc.context, exc.context_mark), at(exc.problem, exc.problem_mark)]
+        return "not valid YAML: " + (", ".join(p for p in parts if p) or "syntax error")
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not valid YAML: {exc.reason} at byte {exc.position}"
+    return "not valid YAML"
+
+
+def _entry(raw: Any, number: int, fail: Any) -> TokenEntry:
+    if not isinstance(raw, dict):
+        fail(f"entry {number}: expected a mapping with name and token")
+    name = raw.get("name")
+    if "name" not in raw:
+        fail(f"entry {number}: missing key 'name'")
+    if not isinstance(name, str) or not name.strip():
+        fail(f"entry {number}: 'name' must be a non-empty string")
+    label = f"entry {number} ({name!r})"
+    unknown = sorted(str(k) for k in raw if k not in _ENTRY_KEYS)
+    if unknown:
+        # A typo such as `is_disable: true` must not leave a token enabled.
+        allowed = ", ".join(sorted(_ENTRY_KEYS))
+        fail(f"{label}: unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+    if ("token" in raw) == ("token_sha256" in raw):
+        fail(f"{label}: needs exactly one of 'token' or 'token_sha256'")
+    if "token" in raw:
+        token = raw["token"]
+        if not isinstance(token, str):
+            fail(f"{label}: 'token' must be a string; quote it in the YAML")
+        if not token:
+            fail(f"{label}: 'token' is empty")
+        if any(c.isspace() or not c.isprintable() for c in token):
+            fail(f"{label}: 'token' contains whitespace or control characters")
+        digest = token_digest(token.encode("utf-8"))
+    else:
+        hashed = raw["token_sha256"]
+        if not isinstance(hashed, str) or not _HEX64.match(hashed):
+            fail(f"{label}: 'token_sha256' must be 64 hex digits (SHA-256 of the token)")
+        digest = bytes.fromhex(hashed)
+    disabled = raw.get("is_disabled", False)
+    if not isinstance(disabled, bool):
+        fail(f"{label}: 'is_disabled' must be true or false")
+    return TokenEntry(name=name, digest=digest, disabled=disabled)
+
+
+def parse_tokens(data: bytes, source: str) -> tuple[TokenEntry, ...]:
+    """Validate a tokens file's contents; TokenFileError names `source` and the problem."""
+
+    def fail(problem: str) -> Any:
+        raise TokenFileError(f"tokens file {source}: {problem}")
+
+    if len(data) > MAX_FILE_SIZE:
+        fail(f"larger than {MAX_FILE_SIZE} bytes")
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        fail(_yaml_problem(exc))
+    if doc is None:
+        fail("empty; expected a mapping with a 'tokens' list")
+    if not isinstance(doc, dict):
+        fail("expected a mapping with a 'tokens' list at the top")
+    if "tokens" not in doc:
+        fail("missing key 'tokens'")
+    unknown = sorted(str(k) for k in doc if k != "tokens")
+    if unknown:
+        fail(f"unknown top-level key(s) {', '.join(unknown)}; only 'tokens' is allowed")
+    raw_entries = doc["tokens"]
+    if raw_entries is None:
+        raw_entries = []
+    if not isinstance(raw_entries, list):
+        fail("'tokens' must be a list of entries")
+    entries: list[TokenEntry] = []
+    names: dict[str, int] = {}
+    digests: dict[bytes, str] = {}
+    for number, raw in enumerate(raw_entries, start=1):
+        entry = _entry(raw, number, fail)
+        if entry.name in names:
+            fail(f"entry {number}: duplicate name {entry.name!r} (also entry {names[entry.name]})")
+        if entry.digest in digests:
+            fail(f"entry {number} ({entry.name!r}): same token as {digests[entry.digest]!r}")
+        names[entry.name] = number
+        digests[entry.digest] = entry.name
+        entries.append(entry)
+    return tuple(entries)
+
+
+class ReloadMetrics(Protocol):
+    """The part of handlers.metrics.Metrics the registry updates."""
+
+    @property
+    def token_reloads(self) -> Any: ...
+    @property
+    def token_reload_errors(self) -> Any: ...
+    @property
+    def token_last_reload(self) -> Any: ...
+
+
+class TokenRegistry:
+    """The current token set, reloaded from its file on the IOLoop.
+
+    Not thread-safe on purpose: the watcher hands events to the loop, and
+    reloads and checks both run there.
+    """
+
+    def __init__(self, path: str, metrics: ReloadMetrics | None = None) -> None:
+        self.path = path
+        self.metrics = metrics
+        #: None: the file is gone and no token is valid (fail closed).
+        self._entries: tuple[TokenEntry, ...] | None = None
+        self._seen: bytes | None = None  # content hash of the last file read
+
+    @property
+    def entries(self) -> tuple[TokenEntry, ...] | None:
+        return self._entries
+
+    def _read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read(MAX_FILE_SIZE + 1)
+
+    def load(self) -> None:
+        """The start-up load: TokenFileError when the file is missing or invalid."""
+        try:
+            data = self._read()
+        except OSError as exc:
+            raise TokenFileError(f"tokens file {self.path}: {exc.strerror or exc}") from None
+        self._apply(parse_tokens(data, self.path), hashlib.sha256(data).digest(), "startup")
+
+    def reload(self, trigger: str = "watch", force: bool = False) -> bool:
+        """Re-read the file; True when a new set was applied.
+
+        Unchanged contents (by hash) are skipped unless `force`d (SIGHUP).
+        An invalid file keeps the last good set; a missing one empties it.
+        """
+        try:
+            data = self._read()
+        except FileNotFoundError:
+            if self._entries is not None or self._seen is not None:
+                self._entries = None
+                self._seen = None
+                self._count_error()
+                log.error(
+                    "tokens_file_missing",
+                    path=self.path,
+                    trigger=trigger,
+                    effect="no token is valid until the file is back",
+                )
+            return False
+        except OSError as exc:
+            self._count_error()
+            log.error(
+                "tokens_reload_failed",
+                path=self.path,
+                trigger=trigger,
+                error=f"tokens file {self.path}: {exc.strerror or exc}",
+                effect="keeping the last good set",
+            )
+            return False
+        digest = hashlib.sha256(data).digest()
+        if digest == self._seen and not force:
+            return False
+        self._seen = digest
+        try:
+            entries = parse_tokens(data, self.path)
+        except TokenFileError as exc:
+            self._count_error()
+            log.error(
+                "tokens_reload_failed",
+                path=self.path,
+                trigger=trigger,
+                error=str(exc),
+                effect="keeping the last good set"
+                if self._entries is not None
+                else "no token is valid until the file is fixed",
+            )
+            return False
+        self._apply(entries, digest, trigger)
+        return True
+
+    def _apply(self, entries: tuple[TokenEntry, ...], digest: bytes, trigger: str) -> None:
+        self._entries = entries
+        self._seen = digest
+        if self.metrics is not None:
+            self.metrics.token_reloads.inc()
+            self.metrics.token_last_reload.set(time.time())
+        enabled = [e.name for e in entries if not e.disabled]
+        log.info(
+            "tokens_loaded",
+            path=self.path,
+            trigger=trigger,
+            tokens=len(entries),
+            enabled=len(enabled),
+            names=enabled,
+        )
+        if not enabled:
+            log.warning("tokens_none_enabled", path=self.path, effect="every write gets 401")
+
+    def _count_error(self) -> None:
+        if self.metrics is not None:
+            self.metrics.token_reload_errors.inc()
+
+    def check(self, presented: bytes) -> Verdict:
+        """Which entry `presented` is, compared in constant time.
+
+        The presented token is hashed, and its digest compared against every
+        entry with no early exit, so timing reveals neither the token nor
+        which entry (if any) matched.
+        """
+        entries = self._entries
+        if entries is None:
+            return Verdict(None, False, "no tokens file")
+        digest = token_digest(presented)
+        match: TokenEntry | None = None
+        for entry in entries:
+            if hmac.compare_digest(digest, entry.digest):
+                match = entry
+        if match is None:
+            return Verdict(None, False, "unknown")
+        if match.disabled:
+            return Verdict(match.name, False, "disabled")
+        return Verdict(match.name, True, "ok")

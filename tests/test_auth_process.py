@@ -1,0 +1,194 @@
+"""Auth in the real daemon process: start-up refusals, live reloads, SIGHUP, log secrecy."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tokenfiles import (
+    ConfigMapMount,
+    bearer,
+    entry,
+    replace_by_rename,
+    sha256_hex,
+    tokens_yaml,
+    write_in_place,
+)
+
+from daemon import Daemon
+
+ALICE, BOB, CAROL = "alice-Pr0cess-Secret", "bob-Pr0cess-Secret", "carol-Pr0cess-Secret"
+UNKNOWN = "never-Configured-Secret"
+FIRST = tokens_yaml(entry("alice", ALICE), entry("bob", BOB, is_disabled=True))
+DEADLINE = 10.0
+
+
+def daemon(tmp_path: Path, tokens: Path | None) -> Daemon:
+    args = ["--database-url", f"sqlite:///{tmp_path}/imagelist.db"]
+    if tokens is not None:
+        args += ["--tokens-file", str(tokens)]
+    return Daemon(*args)
+
+
+def write_status(d: Daemon, token: str | None) -> int:
+    headers = bearer(token) if token is not None else {}
+    return d.request("DELETE", "/images/probe", headers=headers)[0]
+
+
+def eventually(probe: Callable[[], object], expected: object) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while (got := probe()) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {got!r}, expected {expected!r} after {DEADLINE}s")
+        time.sleep(0.05)
+
+
+def events(d: Daemon, name: str) -> list[dict]:
+    return [e for e in d.logs() if e.get("event") == name]
+
+
+# -- start-up --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("tokens:\n  - name: a\n    token: 'unclosed\n", "not valid YAML"),
+        ("tokens:\n  - name: a\n", "entry 1 ('a'): needs exactly one of 'token' or 'token_sha256'"),
+        ("users: []\n", "missing key 'tokens'"),
+        ("tokens: [{token: abc}]\n", "entry 1: missing key 'name'"),
+        (tokens_yaml(entry("a", "x"), entry("a", "y")), "duplicate name 'a'"),
+        (tokens_yaml(entry("a", "x"), entry("b", "x")), "entry 2 ('b'): same token as 'a'"),
+        (tokens_yaml(entry("a", "")), "entry 1 ('a'): 'token' is empty"),
+    ],
+)
+def test_an_invalid_file_refuses_to_start(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(text)
+    d = daemon(tmp_path, path).start(wait=False)
+    assert d.wait() != 0
+    (refusal,) = events(d, "tokens_file_invalid")
+    assert refusal["level"] == "error"
+    assert refusal["error"].startswith(f"tokens file {path}: ")
+    assert problem in refusal["error"]
+    assert not events(d, "listening")
+    assert not (tmp_path / "imagelist.db").exists()  # refused before touching storage
+
+
+def test_a_missing_file_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    d = daemon(tmp_path, path).start(wait=False)
+    assert d.wait() != 0
+    assert f"--tokens-file {path}: no such file" in "\n".join(d.output)
+
+
+def test_without_a_tokens_file_a_warning_says_writes_are_open(tmp_path: Path) -> None:
+    with daemon(tmp_path, None) as d:
+        (warning,) = events(d, "auth_disabled")
+        assert warning["level"] == "warning"
+        assert "unauthenticated" in warning["reason"]
+        assert write_status(d, None) == 204
+
+
+# -- run time --------------------------------------------------------------------------
+
+
+def test_reloads_in_the_running_daemon(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "tokens.yaml"
+    path.parent.mkdir()
+    path.write_text(FIRST)
+    with daemon(tmp_path, path) as d:
+        (loaded,) = events(d, "tokens_loaded")
+        assert loaded["names"] == ["alice"] and loaded["tokens"] == 2
+        assert write_status(d, ALICE) == 204
+        assert write_status(d, BOB) == 401
+        assert d.request("GET", "/images")[0] == 200
+
+        replace_by_rename(path, tokens_yaml(entry("carol", token_sha256=sha256_hex(CAROL))))
+        eventually(lambda: write_status(d, CAROL), 204)
+        assert write_status(d, ALICE) == 401
+
+        write_in_place(path, FIRST)
+        eventually(lambda: write_status(d, ALICE), 204)
+        assert write_status(d, CAROL) == 401
+
+        write_in_place(path, "tokens: [{name: x}]\n")  # invalid: the last good set stays
+        eventually(lambda: len(events(d, "tokens_reload_failed")), 1)
+        assert write_status(d, ALICE) == 204
+
+        path.unlink()  # fail closed
+        eventually(lambda: write_status(d, ALICE), 401)
+        assert events(d, "tokens_file_missing")
+        path.write_text(tokens_yaml(entry("bob", BOB)))
+        eventually(lambda: write_status(d, BOB), 204)
+        assert write_status(d, ALICE) == 401
+
+        metrics = d.request("GET", "/metrics")[1].decode()
+        assert "imagelist_token_reload_errors_total 2.0" in metrics  # invalid + missing
+        assert "imagelist_token_reloads_total 4.0" in metrics  # start-up + 3 changes
+
+
+def test_a_configmap_update_applies(tmp_path: Path) -> None:
+    mount = ConfigMapMount(tmp_path / "tokens-secret", "tokens.yaml", FIRST)
+    with daemon(tmp_path, mount.path) as d:
+        assert write_status(d, ALICE) == 204
+        mount.update(tokens_yaml(entry("carol", CAROL)))
+        eventually(lambda: write_status(d, CAROL), 204)
+        assert write_status(d, ALICE) == 401
+        mount.update(FIRST)
+        eventually(lambda: write_status(d, ALICE), 204)
+
+
+def test_sighup_reloads(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(FIRST)
+    with daemon(tmp_path, path) as d:
+        d.send(signal.SIGHUP)
+        triggers = lambda: [e["trigger"] for e in events(d, "tokens_loaded")]  # noqa: E731
+        eventually(triggers, ["startup", "sighup"])
+        write_in_place(path, tokens_yaml(entry("carol", CAROL)))
+        d.send(signal.SIGHUP)
+        eventually(lambda: write_status(d, CAROL), 204)
+        assert write_status(d, ALICE) == 401
+        assert events(d, "tokens_loaded")[-1]["names"] == ["carol"]
+        assert d.proc is not None and d.proc.poll() is None  # SIGHUP does not stop it
+
+
+def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(FIRST)
+    with daemon(tmp_path, path) as d:
+        for token in (ALICE, BOB, UNKNOWN):
+            d.request("PUT", "/images", {"id": "a", "name": "n"}, headers=bearer(token))
+            write_status(d, token)
+        d.request("PUT", "/images", {"id": "a", "name": "n"}, headers={"Authorization": ALICE})
+        # Invalid files whose offending line holds a token.
+        write_in_place(path, f"tokens:\n  - name: carol\n    token: '{CAROL}\n")
+        eventually(lambda: len(events(d, "tokens_reload_failed")), 1)
+        write_in_place(path, tokens_yaml(entry("a", CAROL), entry("b", CAROL)))
+        eventually(lambda: len(events(d, "tokens_reload_failed")), 2)
+        d.send(signal.SIGHUP)
+        eventually(lambda: len(events(d, "tokens_reload_failed")), 3)
+        metrics = d.request("GET", "/metrics")[1].decode()
+
+    output = "\n".join(d.output)
+    for secret in (ALICE, BOB, CAROL, UNKNOWN):
+        assert secret not in output
+        assert secret not in metrics
+
+    # What the admin does see: who wrote, and why others were turned away.
+    writes = [e for e in events(d, "request") if e["method"] in ("PUT", "DELETE")]
+    assert [e["token"] for e in writes if e["status"] < 400] == ["alice", "alice"]
+    assert all("token" not in e for e in writes if e["status"] == 401)
+    rejected = events(d, "auth_rejected")
+    assert {(e["reason"], e.get("token")) for e in rejected} == {
+        ("disabled", "bob"),
+        ("unknown", None),
+        ("malformed", None),
+    }
+    failed = events(d, "tokens_reload_failed")
+    assert "not valid YAML" in failed[0]["error"]
+    assert "same token as 'a'" in failed[1]["error"]
