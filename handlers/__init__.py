@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import tornado.web
 
+from handlers.admission import (
+    AllowedHandler,
+    GatekeeperHandler,
+    ImagePolicyHandler,
+    ValidateHandler,
+)
 from handlers.base import log_request
 from handlers.context import AppContext
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
@@ -21,6 +27,10 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
         (r"/health/ping", PingHandler, args),
         (r"/health/live", LiveHandler, args),
         (r"/metrics", MetricsHandler, args),
+        (r"/allowed", AllowedHandler, args),
+        (r"/admission/validate", ValidateHandler, args),
+        (r"/admission/imagepolicy", ImagePolicyHandler, args),
+        (r"/admission/gatekeeper", GatekeeperHandler, args),
     ]
     return tornado.web.Application(
         routes,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Sequence
 
 from storage.model import Image, ListQuery, NewImage, Position
+from storage.reference import ImageRef, normalize_name
+
+log = logging.getLogger("imagelist.storage")
 
 
 class Storage(abc.ABC):
@@ -44,6 +48,18 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def count(self) -> int: ...
 
+    @abc.abstractmethod
+    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
+        """For each reference, the entry that allows it, else None; in one
+        indexed query whatever the number of references.
+
+        An entry allows `name:tag` when its normalized name is `name` and it
+        lists `tag`; it allows `name@digest` when its normalized name is
+        `name` and its id stands for `digest` (storage.reference.id_digest).
+        Of several such entries, the most recently updated one (then the
+        greatest id) is returned, the same on both backends.
+        """
+
     async def iter_pages(self, query: ListQuery) -> AsyncIterator[list[Image]]:
         """Every matching entry, one bounded page at a time.
 
@@ -61,6 +77,18 @@ class Storage(abc.ABC):
             if len(page) < query.limit:
                 return
             after = position_of(query.sort, page[-1])
+
+
+def warn_if_unmatchable(image: Image) -> None:
+    """Old clients may store any name; one that is not a repository name is
+    kept, but it can never allow an image, which its owner should learn."""
+    if normalize_name(image.name) is None:
+        log.warning(
+            "entry %r has name %r, which is not a repository name: "
+            "it will never match an admission decision",
+            image.id,
+            image.name,
+        )
 
 
 def position_of(sort: str, image: Image) -> Position:
