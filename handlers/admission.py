@@ -197,7 +197,8 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
         review = _object(self.json_body(), "the body")
         _check_type(review, (IMAGEPOLICY_API,), "ImageReview")
         spec = _object(review.get("spec"), "spec")
-        containers = spec.get("containers") or []
+        containers = spec.get("containers")
+        containers = [] if containers is None else containers
         if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
             raise ApiError(400, "spec.containers must be a list of objects")
         images = _image_list([c.get("image") for c in containers], "spec.containers[].image")
