@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+import structlog
 from k8s import KINDS, admission_review, image_review, pod_spec, provider_request, spec_path
 
 H_BUSYBOX = "c3" * 32
@@ -100,6 +101,17 @@ async def test_denial_lists_every_image_not_allowed_and_why(api) -> None:
     assert "container init0 (spec.initContainers[0]): image redis:7" in message
     assert "no entry for docker.io/library/redis lists tag 7" in message
     assert OK_CONTAINER not in message and OK_DEBUG not in message
+
+
+@pytest.mark.gen_test
+async def test_denials_are_logged(api) -> None:
+    review = admission_review("Job", pod_spec([DENIED]))
+    with structlog.testing.capture_logs() as logs:
+        await post(api, VALIDATE, review)
+    (denied,) = [e for e in logs if e["event"] == "admission_denied"]
+    assert denied["uid"] == review["request"]["uid"]
+    assert denied["kind"] == "Job" and denied["name"] == "web"
+    assert "nginx:9.9" in denied["denied"][0]
 
 
 @pytest.mark.gen_test
