@@ -5,6 +5,10 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
+from k8s import admission_review, pod_spec
+
+from storage.model import NewImage
+from storage.reference import parse_reference
 
 H_NGINX = "a1" * 32  # bare 64-hex image id
 H_APACHE = "b2" * 32
@@ -147,3 +151,40 @@ async def test_entries_with_odd_names_are_stored_but_never_match(api, caplog) ->
     assert "'Not A Repo:latest'" in warned[-1].getMessage()
     assert (await api.get("/images/odd")).json["name"] == "Not A Repo:latest"
     assert (await api.get(q("not-a-repo"))).json["allowed"] is False
+
+
+@pytest.mark.gen_test
+async def test_storage_match_answers_in_order(ctx) -> None:
+    # The Storage interface itself, on both backends.
+    assert await ctx.storage.match([]) == []
+    await ctx.storage.put(NewImage(id=H_NGINX, name="nginx", tags=("1.25",)))
+    refs = [
+        parse_reference(r)
+        for r in ("quay.io/x:1", "nginx:1.25", f"nginx@sha256:{H_NGINX}", "nginx:2", "nginx:1.25")
+    ]
+    found = await ctx.storage.match(refs)
+    assert [e.id if e else None for e in found] == [None, H_NGINX, H_NGINX, None, H_NGINX]
+
+
+@pytest.mark.gen_test
+async def test_one_storage_query_per_review(api, ctx) -> None:
+    # A spy on the real store: however many images, one match() call.
+    calls = []
+    real = ctx.storage.match
+
+    async def counting(refs):
+        calls.append(list(refs))
+        return await real(refs)
+
+    ctx.storage.match = counting
+    images = ["nginx:1", "nginx:2", "redis:7", "nginx:1", "docker.io/library/nginx:2"]
+    review = admission_review("Pod", pod_spec(images[:3], init=images[3:], ephemeral=["Bad!"]))
+    reply = await api.request("POST", "/admission/validate", review)
+    assert reply.status == 200
+    assert len(calls) == 1
+    # distinct normalized references only; the invalid one needs no lookup
+    assert sorted(str(r) for r in calls[0]) == [
+        "docker.io/library/nginx:1",
+        "docker.io/library/nginx:2",
+        "docker.io/library/redis:7",
+    ]
