@@ -31,6 +31,9 @@ setup(
             "setuptools<82",
             "ruff",
             "schemathesis>=4",
+            # Rego engine (rego-cpp) to evaluate the example Gatekeeper
+            # ConstraintTemplate in tests; OPA itself is not packaged here.
+            "regopy>=1.5",
         ],
     },
     # Served at /openapi.yaml by an installed daemon (handlers/docs.py).

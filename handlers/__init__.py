@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import tornado.web
 
+from handlers.admission import (
+    AllowedHandler,
+    GatekeeperHandler,
+    ImagePolicyHandler,
+    ValidateHandler,
+)
 from handlers.base import log_request
 from handlers.context import AppContext
 from handlers.docs import OpenApiDocument, OpenApiJsonHandler, OpenApiYamlHandler
@@ -25,6 +31,10 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
         (r"/metrics", MetricsHandler, args),
         (r"/openapi\.yaml", OpenApiYamlHandler, {**args, "document": document}),
         (r"/openapi\.json", OpenApiJsonHandler, {**args, "document": document}),
+        (r"/allowed", AllowedHandler, args),
+        (r"/admission/validate", ValidateHandler, args),
+        (r"/admission/imagepolicy", ImagePolicyHandler, args),
+        (r"/admission/gatekeeper", GatekeeperHandler, args),
     ]
     return tornado.web.Application(
         routes,

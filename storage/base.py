@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import abc
 import functools
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from storage.errors import NotFound
 from storage.model import Image, ListQuery, NewImage, Position
+from storage.reference import ImageRef, normalize_name
+
+log = logging.getLogger("imagelist.storage")
 
 T = TypeVar("T")
 
@@ -98,6 +102,18 @@ class Storage(abc.ABC):
         """The connection pool now; cheap and synchronous (read at scrape time)."""
         return PoolStats(size=0, in_use=0, max_size=0, waits=0)
 
+    @abc.abstractmethod
+    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
+        """For each reference, the entry that allows it, else None; in one
+        indexed query whatever the number of references.
+
+        An entry allows `name:tag` when its normalized name is `name` and it
+        lists `tag`; it allows `name@digest` when its normalized name is
+        `name` and its id stands for `digest` (storage.reference.id_digest).
+        Of several such entries, the most recently updated one (then the
+        greatest id) is returned, the same on both backends.
+        """
+
     async def iter_pages(self, query: ListQuery) -> AsyncIterator[list[Image]]:
         """Every matching entry, one bounded page at a time.
 
@@ -115,6 +131,18 @@ class Storage(abc.ABC):
             if len(page) < query.limit:
                 return
             after = position_of(query.sort, page[-1])
+
+
+def warn_if_unmatchable(image: Image) -> None:
+    """Old clients may store any name; one that is not a repository name is
+    kept, but it can never allow an image, which its owner should learn."""
+    if normalize_name(image.name) is None:
+        log.warning(
+            "entry %r has name %r, which is not a repository name: "
+            "it will never match an admission decision",
+            image.id,
+            image.name,
+        )
 
 
 def position_of(sort: str, image: Image) -> Position:

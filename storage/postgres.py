@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiopg
@@ -21,9 +21,10 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import PoolStats, QueryObserver, Storage, observed
+from storage.base import PoolStats, QueryObserver, Storage, observed, warn_if_unmatchable
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
 from storage.model import Image, ListQuery, NewImage, from_micros
+from storage.reference import ImageRef, reference_keys
 from storage.sql import SELECT_COLUMNS, all_list_sql
 
 log = logging.getLogger("imagelist.storage")
@@ -32,7 +33,52 @@ T = TypeVar("T")
 # Serialises schema changes across every instance sharing the database.
 MIGRATION_LOCK_KEY = 0x696D676C  # "imgl"
 
-MIGRATIONS: tuple[str, ...] = (
+REFERENCE_KEYS_SQL = """
+ALTER TABLE images ADD COLUMN IF NOT EXISTS norm_name text COLLATE "C";
+ALTER TABLE images ADD COLUMN IF NOT EXISTS digest text COLLATE "C";
+CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest);
+"""
+BACKFILL_PAGE_SQL = "SELECT id, name FROM images WHERE id > %(after)s ORDER BY id LIMIT %(limit)s"
+BACKFILL_SET_SQL = """
+UPDATE images SET norm_name = k.norm_name, digest = k.digest
+FROM unnest(%(ids)s::text[], %(names)s::text[], %(digests)s::text[]) AS k(id, norm_name, digest)
+WHERE images.id = k.id
+"""
+BACKFILL_PAGE = 1000
+
+
+async def add_reference_keys(cur: Any) -> None:
+    """Migration 2: each entry's normalized name and digest, indexed, so an
+    admission decision is one index lookup. The normalization is the Python
+    reference grammar, so existing rows are backfilled from here, page by
+    page in id order (inside the migration transaction and lock)."""
+    await cur.execute(REFERENCE_KEYS_SQL)
+    after, unmatchable = "", 0
+    while True:
+        await cur.execute(BACKFILL_PAGE_SQL, {"after": after, "limit": BACKFILL_PAGE})
+        rows = await cur.fetchall()
+        if not rows:
+            break
+        keys = [reference_keys(name, image_id) for image_id, name in rows]
+        unmatchable += sum(1 for norm, _ in keys if norm is None)
+        await cur.execute(
+            BACKFILL_SET_SQL,
+            {
+                "ids": [image_id for image_id, _ in rows],
+                "names": [norm for norm, _ in keys],
+                "digests": [digest for _, digest in keys],
+            },
+        )
+        after = rows[-1][0]
+    if unmatchable:
+        log.warning(
+            "%d stored entries have a name that is not a repository name; "
+            "they will never match an admission decision",
+            unmatchable,
+        )
+
+
+MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     """
     CREATE TABLE IF NOT EXISTS images (
         id          text COLLATE "C" PRIMARY KEY,
@@ -45,6 +91,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
     CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
     """,
+    add_reference_keys,
 )
 
 SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
@@ -54,8 +101,8 @@ SET_VERSION_SQL = "DELETE FROM imagelist_schema; INSERT INTO imagelist_schema VA
 READ_ONLY_SQL = "SHOW transaction_read_only"
 
 UPSERT_SQL = f"""
-INSERT INTO images (id, name, tags, created_at, updated_at)
-VALUES (%(id)s, %(name)s, %(tags)s::text[], now(), now())
+INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
+VALUES (%(id)s, %(name)s, %(norm_name)s, %(digest)s, %(tags)s::text[], now(), now())
 ON CONFLICT (id) DO UPDATE SET tags = EXCLUDED.tags,
                                updated_at = greatest(now(), images.updated_at)
 RETURNING {SELECT_COLUMNS}
@@ -65,6 +112,20 @@ DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
 COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f"%({name})s")
+# One row per reference that some entry allows: the entry ranked first.
+MATCH_SQL = f"""
+SELECT i, {SELECT_COLUMNS} FROM (
+    SELECT q.i, images.*,
+           row_number() OVER (PARTITION BY q.i ORDER BY images.updated_at DESC, images.id DESC)
+               AS rank
+    FROM unnest(%(idx)s::int[], %(names)s::text[], %(tags)s::text[], %(digests)s::text[])
+         AS q(i, name, tag, digest)
+    JOIN images ON images.norm_name = q.name
+     AND CASE WHEN q.digest IS NOT NULL THEN images.digest = q.digest
+              ELSE q.tag = ANY(images.tags) END
+) AS matched
+WHERE rank = 1
+"""
 
 # Errors that mean "this connection or server is unusable right now".
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -217,7 +278,10 @@ class PostgresStorage(Storage):
             await cur.execute(VERSION_SQL)
             (version,) = await cur.fetchone()
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                await cur.execute(script)
+                if isinstance(script, str):
+                    await cur.execute(script)
+                else:
+                    await script(cur)
                 await cur.execute(SET_VERSION_SQL, {"v": number})
                 log.info("applied schema migration %d", number)
             await cur.execute("COMMIT")
@@ -286,13 +350,22 @@ class PostgresStorage(Storage):
 
     @observed
     async def put(self, new: NewImage) -> Image:
-        params = {"id": new.id, "name": new.name, "tags": list(new.tags)}
+        norm_name, digest = reference_keys(new.name, new.id)
+        params = {
+            "id": new.id,
+            "name": new.name,
+            "norm_name": norm_name,
+            "digest": digest,
+            "tags": list(new.tags),
+        }
 
         async def op(cur: Any) -> tuple:
             await cur.execute(UPSERT_SQL, params)
             return await cur.fetchone()
 
-        return _row_to_image(await self._run(op))
+        stored = _row_to_image(await self._run(op))
+        warn_if_unmatchable(stored)
+        return stored
 
     @observed
     async def delete(self, image_id: str) -> None:
@@ -326,3 +399,23 @@ class PostgresStorage(Storage):
             return int(n)
 
         return await self._run(op)
+
+    @observed
+    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
+        found: list[Image | None] = [None] * len(refs)
+        if not refs:
+            return found
+        params = {
+            "idx": list(range(len(refs))),
+            "names": [r.name for r in refs],
+            "tags": [r.tag for r in refs],
+            "digests": [r.digest for r in refs],
+        }
+
+        async def op(cur: Any) -> list[tuple]:
+            await cur.execute(MATCH_SQL, params)
+            return await cur.fetchall()
+
+        for row in await self._run(op):
+            found[row[0]] = _row_to_image(row[1:])
+        return found

@@ -12,20 +12,59 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import json
+import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from storage.base import PoolStats, QueryObserver, Storage, observed
+from storage.base import PoolStats, QueryObserver, Storage, observed, warn_if_unmatchable
 from storage.errors import NotFound, StorageUnavailable
 from storage.model import Image, ListQuery, NewImage, from_micros, to_micros
+from storage.reference import ImageRef, reference_keys
 from storage.sql import SELECT_COLUMNS, all_list_sql
 
 T = TypeVar("T")
+log = logging.getLogger("imagelist.storage")
+
+REFERENCE_KEYS_SQL = (
+    "ALTER TABLE images ADD COLUMN norm_name TEXT",
+    "ALTER TABLE images ADD COLUMN digest TEXT",
+    "CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest)",
+)
+BACKFILL_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
+BACKFILL_SET_SQL = "UPDATE images SET norm_name = :norm_name, digest = :digest WHERE id = :id"
+BACKFILL_PAGE = 1000
+
+
+def add_reference_keys(conn: sqlite3.Connection) -> None:
+    """Migration 2: each entry's normalized name and digest, indexed, so an
+    admission decision is one index lookup; existing rows are backfilled
+    here because the normalization is the Python reference grammar."""
+    for statement in REFERENCE_KEYS_SQL:
+        conn.execute(statement)
+    after, unmatchable = "", 0
+    while True:
+        rows = conn.execute(BACKFILL_PAGE_SQL, {"after": after, "limit": BACKFILL_PAGE}).fetchall()
+        if not rows:
+            break
+        updates = []
+        for image_id, name in rows:
+            norm_name, digest = reference_keys(name, image_id)
+            unmatchable += norm_name is None
+            updates.append({"id": image_id, "norm_name": norm_name, "digest": digest})
+        conn.executemany(BACKFILL_SET_SQL, updates)
+        after = rows[-1][0]
+    if unmatchable:
+        log.warning(
+            "%d stored entries have a name that is not a repository name; "
+            "they will never match an admission decision",
+            unmatchable,
+        )
+
 
 # Versioned migrations, applied in order; PRAGMA user_version records progress.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE IF NOT EXISTS images (
         id          TEXT PRIMARY KEY,
@@ -38,11 +77,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
     CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
     """,
+    add_reference_keys,
 )
 
 UPSERT_SQL = f"""
-INSERT INTO images (id, name, tags, created_at, updated_at)
-VALUES (:id, :name, :tags, :now, :now)
+INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
+VALUES (:id, :name, :norm_name, :digest, :tags, :now, :now)
 ON CONFLICT (id) DO UPDATE SET tags = excluded.tags,
                                updated_at = max(:now, images.updated_at)
 RETURNING {SELECT_COLUMNS}
@@ -52,6 +92,24 @@ DELETE_SQL = "DELETE FROM images WHERE id = :id"
 COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f":{name}")
+# One row per reference that some entry allows: the entry ranked first.
+# The references arrive as one JSON array of [name, tag, digest] triples.
+MATCH_SQL = f"""
+WITH q(i, name, tag, digest) AS (
+    SELECT key, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+           json_extract(value, '$[2]')
+    FROM json_each(:refs)
+)
+SELECT i, {SELECT_COLUMNS} FROM (
+    SELECT q.i AS i, images.*,
+           row_number() OVER (PARTITION BY q.i ORDER BY images.updated_at DESC, images.id DESC)
+               AS rank
+    FROM q JOIN images ON images.norm_name = q.name
+     AND CASE WHEN q.digest IS NOT NULL THEN images.digest = q.digest
+              ELSE EXISTS (SELECT 1 FROM json_each(images.tags) AS t WHERE t.value = q.tag) END
+)
+WHERE rank = 1
+"""
 
 
 def _row_to_image(row: tuple) -> Image:
@@ -126,9 +184,12 @@ class SqliteStorage(Storage):
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                if isinstance(script, str):
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                else:
+                    script(conn)
                 conn.execute(f"PRAGMA user_version = {number:d}")
             conn.execute("COMMIT")
         except BaseException:
@@ -157,9 +218,12 @@ class SqliteStorage(Storage):
 
     @observed
     async def put(self, new: NewImage) -> Image:
+        norm_name, digest = reference_keys(new.name, new.id)
         params = {
             "id": new.id,
             "name": new.name,
+            "norm_name": norm_name,
+            "digest": digest,
             "tags": json.dumps(list(new.tags), ensure_ascii=False),
             "now": _now_micros(),
         }
@@ -175,7 +239,9 @@ class SqliteStorage(Storage):
                 raise
             return row
 
-        return _row_to_image(await self._run(upsert))
+        stored = _row_to_image(await self._run(upsert))
+        warn_if_unmatchable(stored)
+        return stored
 
     @observed
     async def delete(self, image_id: str) -> None:
@@ -195,3 +261,14 @@ class SqliteStorage(Storage):
     async def count(self) -> int:
         (n,) = await self._run(lambda c: c.execute(COUNT_SQL).fetchone())
         return int(n)
+
+    @observed
+    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
+        found: list[Image | None] = [None] * len(refs)
+        if not refs:
+            return found
+        payload = json.dumps([[r.name, r.tag, r.digest] for r in refs])
+        rows = await self._run(lambda c: c.execute(MATCH_SQL, {"refs": payload}).fetchall())
+        for row in rows:
+            found[row[0]] = _row_to_image(row[1:])
+        return found

@@ -1,0 +1,264 @@
+"""Kubernetes admission, built in (SPEC 4).
+
+- GET  /allowed?image=REF        one reference, for scripts
+- POST /admission/validate       ValidatingAdmissionWebhook, AdmissionReview v1
+- POST /admission/imagepolicy    ImagePolicyWebhook backend, ImageReview v1alpha1
+- POST /admission/gatekeeper     OPA Gatekeeper external-data provider
+
+These are called by the API server (or Gatekeeper), not by writers, so they
+take no bearer token; protect them with TLS and the network instead.
+
+A database that does not answer is a 503 JSON error, raised as
+StorageUnavailable and mapped in handlers/errors.py like everywhere else,
+rather than an answer: the cluster's own failure setting (failurePolicy,
+defaultAllow, the Rego's system_error rule) then decides, instead of
+imagelist guessing allow or deny.
+
+In warn mode (--admission-mode warn) nothing is denied: would-be denials
+come back as AdmissionReview warnings or in the ImageReview/Gatekeeper
+reason, and are logged, so a policy can be rolled out by watching first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from handlers.base import BaseHandler, BodyHandler
+from handlers.errors import ApiError
+from handlers.images import image_json
+from handlers.policy import Decision, decide, quote
+from handlers.workloads import ContainerImage, MalformedObject, container_images
+
+log = structlog.get_logger("imagelist.admission")
+
+ADMISSION_API = "admission.k8s.io/v1"
+IMAGEPOLICY_API = "imagepolicy.k8s.io/v1alpha1"
+GATEKEEPER_APIS = ("externaldata.gatekeeper.sh/v1beta1", "externaldata.gatekeeper.sh/v1alpha1")
+WARN_PREFIX = "warn mode, would deny: "
+MAX_KEYS = 1000  # references in one ImageReview or ProviderRequest
+
+
+class AdmissionHandler(BaseHandler):
+    """Counts each answer in imagelist_admission_decisions_total."""
+
+    endpoint = ""
+    _result: str | None = None
+
+    @property
+    def warn_mode(self) -> bool:
+        return self.ctx.config.admission_mode == "warn"
+
+    def settle(self, decisions: list[Decision]) -> str:
+        """allowed, denied or warned, for the whole request."""
+        if all(d.allowed for d in decisions):
+            return "allowed"
+        return "warned" if self.warn_mode else "denied"
+
+    def count(self, result: str) -> None:
+        self._result = result
+        self.ctx.metrics.admission_decisions.labels(self.endpoint, result).inc()
+
+    def on_finish(self) -> None:
+        # Every answer that is not a decision (400, 413, 503) is an error.
+        if self._result is None and self.get_status() >= 400:
+            self.count("error")
+        super().on_finish()
+
+    def log_denials(self, result: str, denied: list[str], **fields: Any) -> None:
+        if result == "allowed":
+            return
+        event = "admission_warned" if result == "warned" else "admission_denied"
+        log.warning(
+            event, endpoint=self.endpoint, request_id=self.request_id, denied=denied, **fields
+        )
+
+
+class AllowedHandler(AdmissionHandler):
+    route = "/allowed"
+    endpoint = "allowed"
+
+    async def get(self) -> None:
+        image = self.get_query_argument("image", None, strip=False)
+        if not image:
+            raise ApiError(400, "image parameter is required", {"parameter": "image"})
+        decision = (await decide(self.ctx.storage, [image]))[image]
+        if decision.image is None:
+            raise ApiError(400, decision.reason, {"parameter": "image"})
+        # A question, not an admission: warn mode does not change the answer.
+        self.count("allowed" if decision.allowed else "denied")
+        self.write_json(
+            {
+                "allowed": decision.allowed,
+                "image": decision.resolved,
+                "reason": decision.reason,
+                "entry": image_json(decision.entry) if decision.entry else None,
+            }
+        )
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, f"{what} must be a JSON object")
+    return body
+
+
+def _check_type(body: dict[str, Any], api_versions: tuple[str, ...], kind: str) -> None:
+    if body.get("kind") != kind or body.get("apiVersion") not in api_versions:
+        raise ApiError(
+            400,
+            f"expected a {kind} of apiVersion {' or '.join(api_versions)}",
+            {"apiVersion": str(body.get("apiVersion")), "kind": str(body.get("kind"))},
+        )
+
+
+def _image_list(values: Any, field: str) -> list[str]:
+    if not isinstance(values, list) or len(values) > MAX_KEYS:
+        raise ApiError(400, f"{field} must be a list of at most {MAX_KEYS} image references")
+    if not all(isinstance(v, str) for v in values):
+        raise ApiError(400, f"{field} must hold strings")
+    return values
+
+
+class ValidateHandler(AdmissionHandler, BodyHandler):
+    """ValidatingAdmissionWebhook backend (admissionReviewVersions: ["v1"])."""
+
+    route = "/admission/validate"
+    endpoint = "validate"
+
+    async def post(self) -> None:
+        review = _object(self.json_body(), "the body")
+        _check_type(review, (ADMISSION_API,), "AdmissionReview")
+        request = _object(review.get("request"), "request")
+        uid = request.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise ApiError(400, "request.uid must be a non-empty string")
+        kind = _object(request.get("kind"), "request.kind")
+        group, kind_name = kind.get("group", ""), kind.get("kind")
+        if not isinstance(group, str) or not isinstance(kind_name, str):
+            raise ApiError(400, "request.kind must have string group and kind")
+        operation = request.get("operation")
+        obj = request.get("object")
+        if obj is not None and not isinstance(obj, dict):
+            raise ApiError(400, "request.object must be an object or null")
+
+        # Deleting never starts a container; other verbs run the new object.
+        images: list[ContainerImage] = []
+        if operation != "DELETE":
+            try:
+                images = container_images(group, kind_name, obj)
+            except MalformedObject as exc:
+                raise ApiError(400, f"malformed request.object: {exc}") from None
+        decisions = await decide(self.ctx.storage, [c.image for c in images])
+        not_allowed = [(c, decisions[c.image]) for c in images if not decisions[c.image].allowed]
+        result = self.settle(list(decisions.values()))
+        self.count(result)
+        lines = [_denial_line(c, d) for c, d in not_allowed]
+
+        response: dict[str, Any] = {"uid": uid, "allowed": result != "denied"}
+        if result == "denied":
+            response["status"] = {
+                "status": "Failure",
+                "code": 403,
+                "reason": "Forbidden",
+                "message": f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines),
+            }
+        elif result == "warned":
+            response["warnings"] = [WARN_PREFIX + line for line in lines]
+        self.log_denials(
+            result,
+            lines,
+            uid=uid,
+            kind=kind_name,
+            namespace=request.get("namespace"),
+            name=request.get("name"),
+            operation=operation,
+        )
+        self.write_json(
+            {"apiVersion": ADMISSION_API, "kind": "AdmissionReview", "response": response}
+        )
+
+
+def _denial_line(container: ContainerImage, decision: Decision) -> str:
+    who = container.location
+    if container.container:
+        who = f"container {quote(container.container)} ({container.location})"
+    return f"{who}: image {decision.describe()}"
+
+
+class ImagePolicyHandler(AdmissionHandler, BodyHandler):
+    """ImagePolicyWebhook admission plugin backend."""
+
+    route = "/admission/imagepolicy"
+    endpoint = "imagepolicy"
+
+    async def post(self) -> None:
+        review = _object(self.json_body(), "the body")
+        _check_type(review, (IMAGEPOLICY_API,), "ImageReview")
+        spec = _object(review.get("spec"), "spec")
+        containers = spec.get("containers")
+        containers = [] if containers is None else containers
+        if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
+            raise ApiError(400, "spec.containers must be a list of objects")
+        images = _image_list([c.get("image") for c in containers], "spec.containers[].image")
+        decisions = await decide(self.ctx.storage, images)
+        result = self.settle(list(decisions.values()))
+        self.count(result)
+        lines = [f"image {d.describe()}" for d in decisions.values() if not d.allowed]
+        if result == "allowed":
+            reason = "every image is on the list"
+        elif result == "warned":
+            reason = WARN_PREFIX + "; ".join(lines)
+        else:
+            reason = f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines)
+        self.log_denials(result, lines, namespace=spec.get("namespace"))
+        self.write_json(
+            {
+                "apiVersion": IMAGEPOLICY_API,
+                "kind": "ImageReview",
+                "status": {"allowed": result != "denied", "reason": reason},
+            }
+        )
+
+
+class GatekeeperHandler(AdmissionHandler, BodyHandler):
+    """OPA Gatekeeper external-data provider: one item per key; `error` is
+    set for each key that is not allowed, which the Rego turns into a
+    violation (examples/kubernetes/gatekeeper/)."""
+
+    route = "/admission/gatekeeper"
+    endpoint = "gatekeeper"
+
+    async def post(self) -> None:
+        body = _object(self.json_body(), "the body")
+        _check_type(body, GATEKEEPER_APIS, "ProviderRequest")
+        request = _object(body.get("request"), "request")
+        keys = _image_list(request.get("keys", []), "request.keys")
+        decisions = await decide(self.ctx.storage, keys)
+        result = self.settle(list(decisions.values()))
+        self.count(result)
+        items = []
+        for key in keys:
+            decision = decisions[key]
+            allowed = decision.allowed or result == "warned"
+            reason = decision.reason
+            if not decision.allowed and result == "warned":
+                reason = WARN_PREFIX + reason
+            item: dict[str, Any] = {
+                "key": key,
+                "value": {"allowed": allowed, "image": decision.resolved, "reason": reason},
+            }
+            if not allowed:
+                item["error"] = f"image {decision.describe()}"
+            items.append(item)
+        denied = [f"image {d.describe()}" for d in decisions.values() if not d.allowed]
+        self.log_denials(result, denied)
+        self.write_json(
+            {
+                "apiVersion": body["apiVersion"],
+                "kind": "ProviderResponse",
+                # Not idempotent over time: a PUT or DELETE changes answers.
+                "response": {"idempotent": False, "items": items},
+            }
+        )

@@ -1,0 +1,124 @@
+"""Admission against a real PostgreSQL the test controls: several instances
+sharing one database, and the database going away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from k8s import admission_review, image_review, pod_spec, provider_request
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from config import load_config
+from handlers import AppContext, make_app
+from storage import create_storage
+
+from client import Client
+from pgcluster import create_database
+
+
+@pytest.fixture
+def http_client(io_loop):
+    """A client of its own: pytest-tornado's comes with an app we don't want."""
+    client = AsyncHTTPClient(force_instance=True)
+    yield client
+    client.close()
+
+
+@contextlib.asynccontextmanager
+async def instance(http_client, database_url: str) -> AsyncIterator[Client]:
+    """One more imagelist instance: its own Storage, app and port."""
+    config = load_config(
+        ["--database-url", database_url, "--db-timeout", "2", "--db-connect-timeout", "1"],
+        env={},
+    )
+    storage = create_storage(
+        config.database_url,
+        pool_size=2,
+        timeout=config.db_timeout,
+        connect_timeout=config.db_connect_timeout,
+    )
+    await storage.open()
+    sock, port = bind_unused_port()
+    server = HTTPServer(make_app(AppContext(config=config, storage=storage)))
+    server.add_sockets([sock])
+    try:
+        yield Client(http_client, f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+        await server.close_all_connections()
+        await storage.close()
+
+
+async def validate(client: Client, image: str) -> bool:
+    reply = await client.request(
+        "POST", "/admission/validate", admission_review("Pod", pod_spec([image]))
+    )
+    assert reply.status == 200, reply.body
+    return reply.json["response"]["allowed"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_write_on_one_instance_decides_the_next_review_on_another(
+    http_client, pg_server_url
+) -> None:
+    url = create_database(pg_server_url, f"imagelist_two_{uuid.uuid4().hex[:8]}")
+    async with instance(http_client, url) as one, instance(http_client, url) as two:
+        assert await validate(two, "nginx:1.25") is False
+        assert (await one.put({"id": "n", "name": "nginx", "tags": ["1.25"]})).status == 200
+        assert await validate(two, "nginx:1.25") is True
+        assert (await two.get("/allowed?image=docker.io/library/nginx:1.25")).json["allowed"]
+
+        assert (await two.put({"id": "n", "name": "nginx", "tags": ["1.26"]})).status == 200
+        assert await validate(one, "nginx:1.25") is False
+        assert await validate(one, "nginx:1.26") is True
+
+        assert (await one.delete("/images/n")).status == 204
+        assert await validate(two, "nginx:1.26") is False
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_database_down_is_a_quick_503_then_recovers(http_client, pg_cluster) -> None:
+    url = create_database(pg_cluster.url(), "imagelist_down")
+    async with instance(http_client, url) as api:
+        assert (await api.put({"id": "n", "name": "nginx", "tags": ["1.25"]})).status == 200
+        assert await validate(api, "nginx:1.25") is True
+
+        pg_cluster.stop()
+        calls = [
+            ("POST", "/admission/validate", admission_review("Pod", pod_spec(["nginx:1.25"]))),
+            ("POST", "/admission/imagepolicy", image_review("nginx:1.25")),
+            ("POST", "/admission/gatekeeper", provider_request("nginx:1.25")),
+            ("GET", "/allowed?image=nginx:1.25", None),
+        ]
+        for method, path, body in calls:
+            # The bound only detects a hang; the API server's own timeout
+            # (timeoutSeconds) is what the answer must beat.
+            reply = await api.request(method, path, body, timeout=10)
+            assert reply.status == 503, (path, reply.body)
+            assert reply.headers["Content-Type"] == "application/json"
+            assert "database unavailable" in reply.json["error"]
+        # Nothing to look up, nothing to fail: a DELETE is still admitted.
+        review = admission_review("Pod", pod_spec(["nginx:9"]), operation="DELETE")
+        reply = await api.request("POST", "/admission/validate", review)
+        assert reply.status == 200 and reply.json["response"]["allowed"] is True
+        metrics = (await api.get("/metrics")).body.decode()
+        assert 'imagelist_admission_decisions_total{endpoint="validate",result="error"} 1.0' in (
+            metrics
+        )
+
+        pg_cluster.start()
+        pg_cluster.wait_ready()
+        for _ in range(50):  # the store retries on use, at most once a second
+            reply = await api.request(
+                "POST", "/admission/validate", admission_review("Pod", pod_spec(["nginx:1.25"]))
+            )
+            if reply.status == 200:
+                break
+            await asyncio.sleep(0.2)
+        assert reply.status == 200 and reply.json["response"]["allowed"] is True
