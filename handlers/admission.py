@@ -37,6 +37,7 @@ ADMISSION_API = "admission.k8s.io/v1"
 IMAGEPOLICY_API = "imagepolicy.k8s.io/v1alpha1"
 GATEKEEPER_APIS = ("externaldata.gatekeeper.sh/v1beta1", "externaldata.gatekeeper.sh/v1alpha1")
 WARN_PREFIX = "warn mode, would deny: "
+OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 MAX_KEYS = 1000  # references in one ImageReview or ProviderRequest
 
 
@@ -80,7 +81,7 @@ class AllowedHandler(AdmissionHandler):
     endpoint = "allowed"
 
     async def get(self) -> None:
-        image = self.get_query_argument("image", None, strip=False)
+        image = self.query("image")
         if not image:
             raise ApiError(400, "image parameter is required", {"parameter": "image"})
         decision = (await decide(self.ctx.storage, [image]))[image]
@@ -139,6 +140,8 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
         if not isinstance(group, str) or not isinstance(kind_name, str):
             raise ApiError(400, "request.kind must have string group and kind")
         operation = request.get("operation")
+        if operation not in OPERATIONS:
+            raise ApiError(400, f"request.operation must be one of {', '.join(OPERATIONS)}")
         obj = request.get("object")
         if obj is not None and not isinstance(obj, dict):
             raise ApiError(400, "request.object must be an object or null")
