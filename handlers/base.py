@@ -67,6 +67,9 @@ class BaseHandler(tornado.web.RequestHandler):
             )
 
     def on_connection_close(self) -> None:
+        # Tornado's own version fails a streamed body's pending read; without
+        # it a request whose body never arrives stays in flight for ever.
+        super().on_connection_close()
         self.on_finish()
 
     def query(self, name: str) -> str | None:

@@ -1,0 +1,116 @@
+"""Hostile input (SPEC 5): a 4xx and no traceback, and nothing written."""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from daemon import Daemon
+
+SQLISH = [
+    "'; DROP TABLE images; --",
+    "x' OR '1'='1",
+    "%' OR 1=1 --",
+    "\\'; SELECT pg_sleep(10); --",
+    "$$; DELETE FROM images; $$",
+]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("evil", SQLISH)
+async def test_sql_looking_strings_are_just_data(api, evil: str) -> None:
+    safe = evil.replace(" ", "_")  # ids may not hold spaces; names may
+    reply = await api.put({"id": safe, "name": evil, "tags": [safe]})
+    assert reply.status == 200, reply.body
+    assert reply.json["name"] == evil
+    assert (await api.get("/images/" + urllib.parse.quote(safe, safe=""))).json == reply.json
+    listed = await api.all_images("?name=" + urllib.parse.quote(evil))
+    assert [e["id"] for e in listed] == [safe]
+    for sort in ("name", "id"):
+        assert len(await api.all_images(f"?sort={sort}")) == 1
+    reply = await api.get("/images?sort=" + urllib.parse.quote(evil))
+    assert reply.status == 400
+
+
+@pytest.mark.gen_test
+async def test_very_long_query_strings_and_paths_are_400(api) -> None:
+    assert (await api.get("/images?name=" + "n" * 30000)).status == 400
+    assert (await api.get("/images?sort=" + "s" * 30000)).status == 400
+    assert (await api.get("/images?cursor=" + "c" * 30000)).status == 400
+    assert (await api.get("/images/" + "i" * 30000)).status == 400
+    assert (await api.get("/allowed?image=" + "a" * 30000)).status == 400
+    many = "&".join(f"p{i}=v" for i in range(500))
+    assert (await api.get("/images?" + many)).status == 200  # unknown parameters are ignored
+
+
+@pytest.mark.gen_test
+async def test_wrong_json_shapes_on_admission_endpoints_are_400(api) -> None:
+    for path in ("/admission/validate", "/admission/imagepolicy", "/admission/gatekeeper"):
+        for raw in (
+            b"",
+            b"[]",
+            b"null",
+            b"{",
+            b'{"kind": 5}',
+            b"[" * 3000 + b"]" * 3000,
+            b'{"a": "\xff"}',
+            b'{"a": "\\ud800"}',
+        ):
+            reply = await api.request("POST", path, raw=raw)
+            assert reply.status == 400, (path, raw[:20], reply.body)
+            assert reply.json["error"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("method", ["POST", "PATCH", "OPTIONS", "HEAD", "TRACE", "FOO"])
+async def test_unsupported_methods_are_405_with_allow(api, method: str) -> None:
+    reply = await api.request(method, "/images/x")
+    assert reply.status == 405
+    assert set(reply.headers["Allow"].split(", ")) == {"GET", "DELETE"}
+
+
+def raw_exchange(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)  # no more is coming: the server sees EOF
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def test_protocol_garbage_never_reaches_a_handler_or_a_traceback(tmp_path: Path) -> None:
+    """Below HTTP (oversized headers, broken request lines, a bad
+    Content-Length) Tornado answers a bare 400 or closes the connection;
+    the daemon must stay up and log no error."""
+    with Daemon("--database-url", f"sqlite:///{tmp_path}/db") as d:
+        big_header = b"GET /images HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+        for payload in (
+            big_header,
+            b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"NOT HTTP AT ALL\r\n\r\n",
+            b"GET /images HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+            b"PUT /images HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+            b"PUT /images HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+            b"\x00\xff\xfe" * 1000,
+            # Over Tornado's 1,000 query fields.
+            b"GET /images?"
+            + b"&".join(b"p%d=v" % i for i in range(3000))
+            + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        ):
+            answer = raw_exchange(d.port, payload)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:200]
+        status, _, _ = d.request("GET", "/health/ping")
+        assert status == 200
+        # No half-read request is left in flight to hold up shutdown.
+        assert d.stop() == 0
+    assert not any(e.get("event") == "shutdown_timeout" for e in d.logs())
+    logs = d.logs()
+    assert [e for e in logs if e.get("level") in ("error", "critical")] == []
+    assert not any("Traceback" in line for line in d.output)
