@@ -24,7 +24,7 @@ from config.tokens import TokenFileError, TokenRegistry
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from handlers.metrics import Metrics
-from storage import StorageError, create_storage
+from storage import Storage, StorageError, create_storage
 
 log = structlog.get_logger("imagelist")
 
@@ -80,13 +80,8 @@ def watch_tokens(ctx: AppContext) -> FileWatcher | None:
     return watcher
 
 
-async def serve(config: Config) -> int:
-    metrics = Metrics()
-    try:
-        tokens = load_tokens(config, metrics)
-    except TokenFileError as exc:
-        log.error("tokens_file_invalid", error=str(exc))
-        return 2
+def build_storage(config: Config, metrics: Metrics) -> Storage:
+    """The store the configuration names, reporting to `metrics`."""
     storage = create_storage(
         config.database_url,
         pool_size=config.db_pool_size,
@@ -95,6 +90,17 @@ async def serve(config: Config) -> int:
         observer=metrics.observe_query,
     )
     metrics.watch_storage(storage)
+    return storage
+
+
+async def serve(config: Config) -> int:
+    metrics = Metrics()
+    try:
+        tokens = load_tokens(config, metrics)
+    except TokenFileError as exc:
+        log.error("tokens_file_invalid", error=str(exc))
+        return 2
+    storage = build_storage(config, metrics)
     try:
         await storage.open()
     except (StorageError, OSError) as exc:

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
-import pytest
-
-from conftest import reset_postgres
 from daemon import Daemon
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/durable.db"
-    url = request.getfixturevalue("pg_url")
-    reset_postgres(url)
-    return url
-
-
-def test_acknowledged_writes_survive_sigkill(store_url: str) -> None:
+def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
     acked: list[str] = []
     stop = threading.Event()
-    daemon = Daemon("--database-url", store_url).start()
+    daemon = Daemon("--database-url", database_url).start()
 
     def writer() -> None:
         i = 0
@@ -50,7 +37,7 @@ def test_acknowledged_writes_survive_sigkill(store_url: str) -> None:
     thread.join(10)
     assert len(acked) >= 150
 
-    with Daemon("--database-url", store_url) as again:
+    with Daemon("--database-url", database_url) as again:
         status, listed, _ = again.request("GET", "/images")
         assert status == 200
         stored = {e["id"] for e in listed}

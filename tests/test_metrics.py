@@ -20,7 +20,7 @@ from tornado.testing import bind_unused_port
 
 from handlers import AppContext, make_app
 from handlers.metrics import Metrics
-from storage import create_storage
+from imagelist import build_storage
 
 from client import Client
 from conftest import make_config
@@ -31,13 +31,7 @@ async def open_ctx(database_url: str, *options: str) -> AppContext:
     """The app as main() wires it: storage reports to the app's Metrics."""
     config = make_config(database_url, "--db-timeout", "2", "--db-connect-timeout", "1", *options)
     metrics = Metrics()
-    storage = create_storage(
-        config.database_url,
-        pool_size=config.db_pool_size,
-        timeout=config.db_timeout,
-        connect_timeout=config.db_connect_timeout,
-        observer=metrics.observe_query,
-    )
+    storage = build_storage(config, metrics)
     await storage.open()
     return AppContext(config=config, storage=storage, metrics=metrics)
 
