@@ -195,6 +195,7 @@ class PostgresStorage(Storage):
         self._retry_interval = retry_interval
         self._pool: aiopg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(pool_size)
         self._last_failure = 0.0
         self._last_error = "not connected yet"
         self._closed = False
@@ -291,13 +292,34 @@ class PostgresStorage(Storage):
             raise
 
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(cursor)` on a pooled connection, first in first served."""
+        # aiopg's pool hands a released connection to whichever task asks
+        # next, not to the one that waited longest: under load some requests
+        # starve for seconds. A FIFO semaphore of the pool's size queues them
+        # fairly in front of it, so aiopg itself never has to wait.
+        slots = self._slots
+        if slots.locked():
+            self._waits += 1
+            try:
+                await asyncio.wait_for(slots.acquire(), self._timeout)
+            except TimeoutError:
+                # Busy, not broken: keep the pool and its connections.
+                raise StorageUnavailable(
+                    f"database busy: no free connection within {self._timeout:g} s"
+                ) from None
+        else:
+            await slots.acquire()
+        try:
+            return await self._run_on_pool(op)
+        finally:
+            slots.release()
+
+    async def _run_on_pool(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run `op(cursor)`, retrying once on a fresh connection: after a
         database restart the pool still holds dead connections, and every
         operation here is idempotent."""
         for attempt in (1, 2):
             pool = await self._get_pool()
-            if pool.freesize == 0 and pool.size >= pool.maxsize:
-                self._waits += 1
             try:
                 async with pool.acquire() as conn, conn.cursor() as cur:
                     return await op(cur)
