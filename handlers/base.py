@@ -12,10 +12,13 @@ import structlog
 import tornado.web
 from tornado.httputil import HTTPServerRequest
 
+from config.logging import event_writer
 from handlers.context import AppContext
 from handlers.errors import ApiError, map_exception
 
 log = structlog.get_logger("imagelist.http")
+# The request line's fast path (see config.logging.JsonLinesHandler).
+_write_event = event_writer("imagelist.http")
 auth_log = structlog.get_logger("imagelist.auth")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -233,4 +236,6 @@ def request_summary(handler: tornado.web.RequestHandler) -> dict[str, Any]:
 def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = "error" if status >= 500 else "warning" if status >= 400 else "info"
-    getattr(log, level)("request", **request_summary(handler))
+    fields = request_summary(handler)
+    if not _write_event(level, "request", fields):
+        getattr(log, level)("request", **fields)
