@@ -45,7 +45,9 @@ class Proc:
                     pass
             except TimeoutError:
                 self.stop()
-                raise RuntimeError(f"{self.name} not ready in {timeout}s; see {self.log_path}")
+                raise RuntimeError(
+                    f"{self.name} not ready in {timeout}s; see {self.log_path}"
+                ) from None
             self.ready_seconds = time.perf_counter() - started
         path.unlink()
         return self

@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bench import procs  # noqa: E402
-from bench.load import Result, pgbench, wrk, write_requests  # noqa: E402
+from bench.load import Result, pgbench, write_requests, wrk  # noqa: E402
 from bench.seed import entry, seed  # noqa: E402
+
 from pgcluster import PgCluster, create_database, free_port  # noqa: E402
 
 # The old Go service on this kind of machine (issue 7), for the targets.

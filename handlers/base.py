@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -43,7 +43,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx.metrics.inflight.inc()
         self._counted = True
         sent = self.request.headers.get("X-Request-ID", "")
-        self.request_id = sent if _REQUEST_ID.match(sent) else uuid.uuid4().hex
+        self.request_id = sent if _REQUEST_ID.match(sent) else os.urandom(16).hex()
         self.set_header("X-Request-ID", self.request_id)
 
     def set_default_headers(self) -> None:

@@ -66,4 +66,8 @@ def from_micros(us: int) -> dt.datetime:
 
 def format_timestamp(ts: dt.datetime) -> str:
     """RFC 3339, UTC, always six fractional digits, `Z` suffix (SPEC 1)."""
-    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime; two per entry add up
+    # in a list of thousands.
+    if ts.tzinfo is not dt.UTC:
+        ts = ts.astimezone(dt.UTC)
+    return ts.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
