@@ -52,6 +52,17 @@ class ListQuery:
     limit: int = 500
 
 
+@dataclass(frozen=True, slots=True)
+class JsonPage:
+    """A page of entries already rendered as the API's JSON objects."""
+
+    #: The objects, comma-separated, without the enclosing brackets.
+    body: bytes
+    count: int
+    #: The keyset position just past the last entry (None when empty).
+    last: Position | None
+
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 

@@ -21,11 +21,18 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import PoolStats, QueryObserver, Storage, observed, warn_if_unmatchable
+from storage.base import (
+    PoolStats,
+    QueryObserver,
+    Storage,
+    json_page,
+    observed,
+    warn_if_unmatchable,
+)
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
-from storage.model import Image, ListQuery, NewImage, from_micros
+from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
 from storage.reference import ImageRef, reference_keys
-from storage.sql import SELECT_COLUMNS, all_list_sql
+from storage.sql import SELECT_COLUMNS, all_list_sql, postgres_entry_json
 
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
@@ -78,6 +85,24 @@ async def add_reference_keys(cur: Any) -> None:
         )
 
 
+# Migration 3: each entry's API JSON, kept by a trigger on every write (by
+# any instance, any version, or an admin's psql) and backfilled here. Reading
+# it back makes a list page a plain index scan: building the JSON at read
+# time cost PostgreSQL more CPU than the daemon spent serving the list.
+ENTRY_JSON_SQL = f"""
+ALTER TABLE images ADD COLUMN IF NOT EXISTS entry_json text;
+CREATE OR REPLACE FUNCTION imagelist_entry_json() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.entry_json := {postgres_entry_json("NEW.")};
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS images_entry_json ON images;
+CREATE TRIGGER images_entry_json BEFORE INSERT OR UPDATE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagelist_entry_json();
+UPDATE images SET entry_json = NULL;
+"""
+
 MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     """
     CREATE TABLE IF NOT EXISTS images (
@@ -92,6 +117,7 @@ MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
     """,
     add_reference_keys,
+    ENTRY_JSON_SQL,
 )
 
 SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
@@ -112,6 +138,7 @@ DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
 COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f"%({name})s")
+LIST_JSON_SQL = all_list_sql(lambda name: f"%({name})s", "entry_json")
 # One row per reference that some entry allows: the entry ranked first.
 MATCH_SQL = f"""
 SELECT i, {SELECT_COLUMNS} FROM (
@@ -396,9 +423,8 @@ class PostgresStorage(Storage):
 
         await self._run(op)
 
-    @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+    @staticmethod
+    def _list_params(query: ListQuery) -> dict[str, object]:
         params: dict[str, object] = {"limit": query.limit, "name": query.name}
         if query.after is not None:
             params["after_id"] = query.after.id
@@ -406,12 +432,26 @@ class PostgresStorage(Storage):
             if query.sort in ("created_at", "updated_at"):
                 value = from_micros(int(value))
             params["after_value"] = value
+        return params
+
+    async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
+        params = self._list_params(query)
 
         async def op(cur: Any) -> list[tuple]:
             await cur.execute(sql, params)
             return await cur.fetchall()
 
-        return [_row_to_image(r) for r in await self._run(op)]
+        return await self._run(op)
+
+    @observed
+    async def list_page(self, query: ListQuery) -> list[Image]:
+        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+        return [_row_to_image(r) for r in await self._list_rows(sql, query)]
+
+    @observed
+    async def list_json(self, query: ListQuery) -> JsonPage:
+        sql = LIST_JSON_SQL[(query.sort, query.name is not None, query.after is not None)]
+        return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
 
     @observed
     async def count(self) -> int:
