@@ -170,6 +170,8 @@ def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
     params: dict[str, str] = parse_dsn(dsn)
     want_rw = params.pop("target_session_attrs", "any") in ("read-write", "primary")
     params.setdefault("connect_timeout", str(max(1, int(connect_timeout))))
+    # Names our connections in pg_stat_activity (and in the pool tests).
+    params.setdefault("application_name", "imagelist")
     hosts = params.pop("host", "").split(",")
     ports = params.pop("port", "").split(",")
     if len(ports) == 1:
@@ -276,7 +278,9 @@ class PostgresStorage(Storage):
     async def _connect(self, dsn: str) -> aiopg.Pool:
         pool = await aiopg.create_pool(
             dsn,
-            minsize=1,
+            # Warm: every connection is opened up front and kept (aiopg
+            # closes none while idle), so load never waits for a connect.
+            minsize=self._pool_size,
             maxsize=self._pool_size,
             timeout=self._timeout,
             enable_hstore=False,

@@ -38,14 +38,15 @@ async def test_full_list_says_what_get_and_paging_say(api, ctx) -> None:
     paged = (await api.get("/images?limit=1000")).json
     singles = [(await api.get(one(e))).json for e in streamed]
     assert streamed == paged == singles
-    assert [e["id"] for e in streamed][0] == TRICKY[0]["id"]  # updated last
+    assert streamed[0]["id"] == TRICKY[0]["id"]  # updated last
     assert streamed[0]["tags"] == ["new"]
     for entry in streamed:
         assert TIMESTAMP.fullmatch(entry["created_at"]) and TIMESTAMP.fullmatch(entry["updated_at"])
     for sort in ("id", "name", "created_at"):
-        assert await api.all_images(f"?sort={sort}") == (
-            await api.get(f"/images?sort={sort}&limit=1000")
-        ).json
+        assert (
+            await api.all_images(f"?sort={sort}")
+            == (await api.get(f"/images?sort={sort}&limit=1000")).json
+        )
 
 
 @pytest.mark.gen_test
