@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from pgcluster import find_bindir
 
 LUA = Path(__file__).resolve().parent / "lua" / "requests.lua"
 
@@ -31,7 +34,9 @@ class Result:
 
 
 def need(tool: str, package: str) -> str:
-    path = shutil.which(tool)
+    # pgbench: the one beside the server binaries the cluster runs on.
+    beside = os.path.join(find_bindir(), tool)
+    path = beside if os.path.exists(beside) else shutil.which(tool)
     if path is None:
         raise SystemExit(f"bench: {tool} not found: apt-get install {package}")
     return path
@@ -104,7 +109,7 @@ def pgbench(url: str, workdir: Path, images: int, clients: int, seconds: int) ->
     logs.mkdir()
     out = subprocess.run(
         [
-            need("pgbench", "postgresql-contrib"),
+            need("pgbench", "postgresql"),
             "-n",
             "-M",
             "prepared",

@@ -207,6 +207,8 @@ def url(port: int) -> str:
 
 def warm_up(port: int, files: dict[str, Path], s: Settings) -> None:
     """Fill the pool and Python's caches before anything is measured."""
+    if s.smoke:
+        return
     for name in ("id", "allowed", "review"):
         wrk(url(port), files[name], s.conns, 1)
 
