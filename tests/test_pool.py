@@ -4,6 +4,7 @@ load (no connect/disconnect churn), seen from the server's side."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import psycopg2
@@ -46,6 +47,10 @@ async def test_pool_is_warm_and_keeps_its_connections_under_load(pg_url: str) ->
         assert stats.size == 4 and stats.in_use == 0 and stats.waits > 0
     finally:
         await storage.close()
+    # Closed: the server processes exit (asynchronously after the disconnect).
+    deadline = time.monotonic() + 10
+    while backends(pg_url, application) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
     assert backends(pg_url, application) == set()
 
 
