@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -12,10 +12,13 @@ import structlog
 import tornado.web
 from tornado.httputil import HTTPServerRequest
 
+from config.logging import event_writer
 from handlers.context import AppContext
 from handlers.errors import ApiError, map_exception
 
 log = structlog.get_logger("imagelist.http")
+# The request line's fast path (see config.logging.JsonLinesHandler).
+_write_event = event_writer("imagelist.http")
 auth_log = structlog.get_logger("imagelist.auth")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -40,7 +43,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx.metrics.inflight.inc()
         self._counted = True
         sent = self.request.headers.get("X-Request-ID", "")
-        self.request_id = sent if _REQUEST_ID.match(sent) else uuid.uuid4().hex
+        self.request_id = sent if _REQUEST_ID.match(sent) else os.urandom(16).hex()
         self.set_header("X-Request-ID", self.request_id)
 
     def set_default_headers(self) -> None:
@@ -236,4 +239,6 @@ def request_summary(handler: tornado.web.RequestHandler) -> dict[str, Any]:
 def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     level = "error" if status >= 500 else "warning" if status >= 400 else "info"
-    getattr(log, level)("request", **request_summary(handler))
+    fields = request_summary(handler)
+    if not _write_event(level, "request", fields):
+        getattr(log, level)("request", **fields)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-import orjson
-
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
 from handlers.paging import decode_cursor, encode_cursor, parse_limit
@@ -80,13 +78,12 @@ class ImagesHandler(BodyHandler):
         chunk = self.ctx.list_chunk
         sent_any = False
         self.write(b"[")
-        pages = self.ctx.storage.iter_pages(ListQuery(sort=sort, name=name, limit=chunk))
+        pages = self.ctx.storage.iter_json_pages(ListQuery(sort=sort, name=name, limit=chunk))
         try:
             async for page in pages:
-                data = b",".join(orjson.dumps(image_json(i)) for i in page)
-                self.write(b"," + data if sent_any else data)
+                self.write(b"," + page.body if sent_any else page.body)
                 sent_any = True
-                if len(page) == chunk:
+                if page.count == chunk:
                     await self.flush()
         except StorageError:
             if not self._headers_written:

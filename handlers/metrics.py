@@ -125,15 +125,30 @@ class Metrics:
         self.build_info = Info("imagelist_build", "Version of the running daemon.", registry=r)
         self.build_info.info({"version": version(), "python": platform.python_version()})
         self._pool: PoolCollector | None = None
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._query_children: dict[tuple[str, bool], Histogram] = {}
         self._count_task: asyncio.Task[None] | None = None
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route, method, str(status)).observe(seconds)
+        # labels() validates and locks on every call; each label set's
+        # children are looked up once and kept (as many as labels() keeps).
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (route, method, str(status))
+            children = (self.requests.labels(*labels), self.request_seconds.labels(*labels))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_query(self, operation: str, seconds: float, ok: bool) -> None:
         """A `storage.QueryObserver`: pass it to the Storage constructor."""
-        self.db_query_seconds.labels(operation, "ok" if ok else "error").observe(seconds)
+        key = (operation, ok)
+        child = self._query_children.get(key)
+        if child is None:
+            child = self.db_query_seconds.labels(operation, "ok" if ok else "error")
+            self._query_children[key] = child
+        child.observe(seconds)
 
     def watch_storage(self, storage: Storage) -> None:
         """Export `storage`'s pool; idempotent."""

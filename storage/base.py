@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import functools
 import logging
 import time
@@ -10,8 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
+
 from storage.errors import NotFound
-from storage.model import Image, ListQuery, NewImage, Position
+from storage.model import Image, JsonPage, ListQuery, NewImage, Position, to_micros
 from storage.reference import ImageRef, normalize_name
 
 log = logging.getLogger("imagelist.storage")
@@ -96,6 +99,10 @@ class Storage(abc.ABC):
         """At most `query.limit` entries in API order, strictly after `query.after`."""
 
     @abc.abstractmethod
+    async def list_json(self, query: ListQuery) -> JsonPage:
+        """`list_page`, rendered by the database as the API's JSON objects."""
+
+    @abc.abstractmethod
     async def count(self) -> int: ...
 
     def pool_stats(self) -> PoolStats:
@@ -131,6 +138,35 @@ class Storage(abc.ABC):
             if len(page) < query.limit:
                 return
             after = position_of(query.sort, page[-1])
+
+    async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
+        """`iter_pages`, as JSON: what streaming the whole list is made of."""
+        after = query.after
+        while True:
+            page = await self.list_json(
+                ListQuery(sort=query.sort, name=query.name, after=after, limit=query.limit)
+            )
+            if page.count:
+                yield page
+            if page.count < query.limit or page.last is None:
+                return
+            after = page.last
+
+
+def json_page(sort: str, objects: list[str]) -> JsonPage:
+    """A JsonPage from the database's JSON text of each entry; the keyset
+    position is read back from the last one."""
+    if not objects:
+        return JsonPage(body=b"", count=0, last=None)
+    last = orjson.loads(objects[-1])
+    value: str | int = last[sort]
+    if sort in ("created_at", "updated_at"):
+        value = to_micros(dt.datetime.fromisoformat(last[sort]))
+    return JsonPage(
+        body=",".join(objects).encode(),
+        count=len(objects),
+        last=Position(sort=sort, value=value, id=last["id"]),
+    )
 
 
 def warn_if_unmatchable(image: Image) -> None:

@@ -52,6 +52,17 @@ class ListQuery:
     limit: int = 500
 
 
+@dataclass(frozen=True, slots=True)
+class JsonPage:
+    """A page of entries already rendered as the API's JSON objects."""
+
+    #: The objects, comma-separated, without the enclosing brackets.
+    body: bytes
+    count: int
+    #: The keyset position just past the last entry (None when empty).
+    last: Position | None
+
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -66,4 +77,8 @@ def from_micros(us: int) -> dt.datetime:
 
 def format_timestamp(ts: dt.datetime) -> str:
     """RFC 3339, UTC, always six fractional digits, `Z` suffix (SPEC 1)."""
-    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime; two per entry add up
+    # in a list of thousands.
+    if ts.tzinfo is not dt.UTC:
+        ts = ts.astimezone(dt.UTC)
+    return ts.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

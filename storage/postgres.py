@@ -21,11 +21,18 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import PoolStats, QueryObserver, Storage, observed, warn_if_unmatchable
+from storage.base import (
+    PoolStats,
+    QueryObserver,
+    Storage,
+    json_page,
+    observed,
+    warn_if_unmatchable,
+)
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
-from storage.model import Image, ListQuery, NewImage, from_micros
+from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
 from storage.reference import ImageRef, reference_keys
-from storage.sql import SELECT_COLUMNS, all_list_sql
+from storage.sql import SELECT_COLUMNS, all_list_sql, postgres_entry_json
 
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
@@ -78,6 +85,24 @@ async def add_reference_keys(cur: Any) -> None:
         )
 
 
+# Migration 3: each entry's API JSON, kept by a trigger on every write (by
+# any instance, any version, or an admin's psql) and backfilled here. Reading
+# it back makes a list page a plain index scan: building the JSON at read
+# time cost PostgreSQL more CPU than the daemon spent serving the list.
+ENTRY_JSON_SQL = f"""
+ALTER TABLE images ADD COLUMN IF NOT EXISTS entry_json text;
+CREATE OR REPLACE FUNCTION imagelist_entry_json() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.entry_json := {postgres_entry_json("NEW.")};
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS images_entry_json ON images;
+CREATE TRIGGER images_entry_json BEFORE INSERT OR UPDATE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagelist_entry_json();
+UPDATE images SET entry_json = NULL;
+"""
+
 MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     """
     CREATE TABLE IF NOT EXISTS images (
@@ -92,6 +117,7 @@ MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
     """,
     add_reference_keys,
+    ENTRY_JSON_SQL,
 )
 
 SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
@@ -112,6 +138,7 @@ DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
 COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f"%({name})s")
+LIST_JSON_SQL = all_list_sql(lambda name: f"%({name})s", "entry_json")
 # One row per reference that some entry allows: the entry ranked first.
 MATCH_SQL = f"""
 SELECT i, {SELECT_COLUMNS} FROM (
@@ -143,6 +170,8 @@ def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
     params: dict[str, str] = parse_dsn(dsn)
     want_rw = params.pop("target_session_attrs", "any") in ("read-write", "primary")
     params.setdefault("connect_timeout", str(max(1, int(connect_timeout))))
+    # Names our connections in pg_stat_activity (and in the pool tests).
+    params.setdefault("application_name", "imagelist")
     hosts = params.pop("host", "").split(",")
     ports = params.pop("port", "").split(",")
     if len(ports) == 1:
@@ -195,6 +224,7 @@ class PostgresStorage(Storage):
         self._retry_interval = retry_interval
         self._pool: aiopg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(pool_size)
         self._last_failure = 0.0
         self._last_error = "not connected yet"
         self._closed = False
@@ -248,7 +278,9 @@ class PostgresStorage(Storage):
     async def _connect(self, dsn: str) -> aiopg.Pool:
         pool = await aiopg.create_pool(
             dsn,
-            minsize=1,
+            # Warm: every connection is opened up front and kept (aiopg
+            # closes none while idle), so load never waits for a connect.
+            minsize=self._pool_size,
             maxsize=self._pool_size,
             timeout=self._timeout,
             enable_hstore=False,
@@ -291,13 +323,34 @@ class PostgresStorage(Storage):
             raise
 
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(cursor)` on a pooled connection, first in first served."""
+        # aiopg's pool hands a released connection to whichever task asks
+        # next, not to the one that waited longest: under load some requests
+        # starve for seconds. A FIFO semaphore of the pool's size queues them
+        # fairly in front of it, so aiopg itself never has to wait.
+        slots = self._slots
+        if slots.locked():
+            self._waits += 1
+            try:
+                await asyncio.wait_for(slots.acquire(), self._timeout)
+            except TimeoutError:
+                # Busy, not broken: keep the pool and its connections.
+                raise StorageUnavailable(
+                    f"database busy: no free connection within {self._timeout:g} s"
+                ) from None
+        else:
+            await slots.acquire()
+        try:
+            return await self._run_on_pool(op)
+        finally:
+            slots.release()
+
+    async def _run_on_pool(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run `op(cursor)`, retrying once on a fresh connection: after a
         database restart the pool still holds dead connections, and every
         operation here is idempotent."""
         for attempt in (1, 2):
             pool = await self._get_pool()
-            if pool.freesize == 0 and pool.size >= pool.maxsize:
-                self._waits += 1
             try:
                 async with pool.acquire() as conn, conn.cursor() as cur:
                     return await op(cur)
@@ -374,9 +427,8 @@ class PostgresStorage(Storage):
 
         await self._run(op)
 
-    @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+    @staticmethod
+    def _list_params(query: ListQuery) -> dict[str, object]:
         params: dict[str, object] = {"limit": query.limit, "name": query.name}
         if query.after is not None:
             params["after_id"] = query.after.id
@@ -384,12 +436,26 @@ class PostgresStorage(Storage):
             if query.sort in ("created_at", "updated_at"):
                 value = from_micros(int(value))
             params["after_value"] = value
+        return params
+
+    async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
+        params = self._list_params(query)
 
         async def op(cur: Any) -> list[tuple]:
             await cur.execute(sql, params)
             return await cur.fetchall()
 
-        return [_row_to_image(r) for r in await self._run(op)]
+        return await self._run(op)
+
+    @observed
+    async def list_page(self, query: ListQuery) -> list[Image]:
+        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+        return [_row_to_image(r) for r in await self._list_rows(sql, query)]
+
+    @observed
+    async def list_json(self, query: ListQuery) -> JsonPage:
+        sql = LIST_JSON_SQL[(query.sort, query.name is not None, query.after is not None)]
+        return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
 
     @observed
     async def count(self) -> int:

@@ -19,6 +19,7 @@ time, and the table tests call them directly.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -78,6 +79,17 @@ def parse_reference(text: str) -> ImageRef:
 
     Raises InvalidReference with distribution's own wording where it has one.
     """
+    if not isinstance(text, str):  # unhashable values must not reach the cache
+        raise InvalidReference("an image reference must be a string")
+    return _parse_reference(text)
+
+
+# A pure function of its argument, and ~20 us per call (the grammar's
+# regexes): a cluster asks about the same few images again and again, so
+# parses are memoized. Only parses are kept, never a decision, and only
+# valid references (an exception is not cached); the size bounds memory.
+@functools.lru_cache(maxsize=4096)
+def _parse_reference(text: str) -> ImageRef:
     named = _parse_named(text)
     name, tag, digest = named["name"], named["tag"], named["digest"]
     if digest:

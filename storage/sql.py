@@ -18,7 +18,35 @@ Param = Callable[[str], str]
 SELECT_COLUMNS = "id, name, tags, created_at, updated_at"
 
 
-def list_sql(sort: str, *, by_name: bool, after: bool, param: Param) -> str:
+# Each entry as the API's JSON object, built by the database: a whole list
+# is then joined text in Python rather than rows turned into objects turned
+# into JSON (several times the CPU per entry, bench/). The same compact form
+# orjson writes, timestamps with all six fractional digits (SPEC 1).
+_PG_TIMESTAMP = """to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+def postgres_entry_json(row: str = "") -> str:
+    """The expression, on the columns of `row` ("NEW." in a trigger)."""
+    return (
+        f"""'{{"id":' || to_json({row}id)::text || ',"name":' || to_json({row}name)::text"""
+        f""" || ',"tags":' || array_to_json({row}tags)::text"""
+        f""" || ',"created_at":"' || {_PG_TIMESTAMP.format(column=row + "created_at")}"""
+        f""" || '","updated_at":"' || {_PG_TIMESTAMP.format(column=row + "updated_at")}"""
+        """ || '"}'"""
+    )
+
+
+# SQLite keeps microseconds since the epoch; strftime has no microseconds.
+SQLITE_JSON_COLUMN = """json_object('id', id, 'name', name, 'tags', json(tags),
+ 'created_at', strftime('%Y-%m-%dT%H:%M:%S', created_at / 1000000, 'unixepoch')
+               || printf('.%06dZ', created_at % 1000000),
+ 'updated_at', strftime('%Y-%m-%dT%H:%M:%S', updated_at / 1000000, 'unixepoch')
+               || printf('.%06dZ', updated_at % 1000000))"""
+
+
+def list_sql(
+    sort: str, *, by_name: bool, after: bool, param: Param, columns: str = SELECT_COLUMNS
+) -> str:
     """SELECT for one page of `GET /images`: descending, ties broken by id."""
     if sort not in SORT_KEYS:
         raise ValueError(f"unknown sort key {sort!r}")
@@ -32,13 +60,15 @@ def list_sql(sort: str, *, by_name: bool, after: bool, param: Param) -> str:
             where.append(f"({sort}, id) < ({param('after_value')}, {param('after_id')})")
     order = "id DESC" if sort == "id" else f"{sort} DESC, id DESC"
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"SELECT {SELECT_COLUMNS} FROM images{clause} ORDER BY {order} LIMIT {param('limit')}"
+    return f"SELECT {columns} FROM images{clause} ORDER BY {order} LIMIT {param('limit')}"
 
 
-def all_list_sql(param: Param) -> dict[tuple[str, bool, bool], str]:
+def all_list_sql(param: Param, columns: str = SELECT_COLUMNS) -> dict[tuple[str, bool, bool], str]:
     """Every page query, keyed by (sort, by_name, after), built at import time."""
     return {
-        (sort, by_name, after): list_sql(sort, by_name=by_name, after=after, param=param)
+        (sort, by_name, after): list_sql(
+            sort, by_name=by_name, after=after, param=param, columns=columns
+        )
         for sort in SORT_KEYS
         for by_name in (False, True)
         for after in (False, True)

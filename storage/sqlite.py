@@ -18,11 +18,18 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from storage.base import PoolStats, QueryObserver, Storage, observed, warn_if_unmatchable
+from storage.base import (
+    PoolStats,
+    QueryObserver,
+    Storage,
+    json_page,
+    observed,
+    warn_if_unmatchable,
+)
 from storage.errors import NotFound, StorageUnavailable
-from storage.model import Image, ListQuery, NewImage, from_micros, to_micros
+from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros, to_micros
 from storage.reference import ImageRef, reference_keys
-from storage.sql import SELECT_COLUMNS, all_list_sql
+from storage.sql import SELECT_COLUMNS, SQLITE_JSON_COLUMN, all_list_sql
 
 T = TypeVar("T")
 log = logging.getLogger("imagelist.storage")
@@ -92,6 +99,7 @@ DELETE_SQL = "DELETE FROM images WHERE id = :id"
 COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f":{name}")
+LIST_JSON_SQL = all_list_sql(lambda name: f":{name}", SQLITE_JSON_COLUMN)
 # One row per reference that some entry allows: the entry ranked first.
 # The references arrive as one JSON array of [name, tag, digest] triples.
 MATCH_SQL = f"""
@@ -247,15 +255,22 @@ class SqliteStorage(Storage):
     async def delete(self, image_id: str) -> None:
         await self._run(lambda c: c.execute(DELETE_SQL, {"id": image_id}))
 
-    @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+    async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
         params: dict[str, object] = {"limit": query.limit, "name": query.name}
         if query.after is not None:
             params["after_id"] = query.after.id
             params["after_value"] = query.after.value
-        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
-        return [_row_to_image(r) for r in rows]
+        return await self._run(lambda c: c.execute(sql, params).fetchall())
+
+    @observed
+    async def list_page(self, query: ListQuery) -> list[Image]:
+        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+        return [_row_to_image(r) for r in await self._list_rows(sql, query)]
+
+    @observed
+    async def list_json(self, query: ListQuery) -> JsonPage:
+        sql = LIST_JSON_SQL[(query.sort, query.name is not None, query.after is not None)]
+        return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
 
     @observed
     async def count(self) -> int:

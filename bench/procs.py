@@ -1,0 +1,104 @@
+"""Processes the benchmark starts: the daemon, the hello-world ceiling.
+
+Readiness comes from sd_notify: each process gets its own NOTIFY_SOCKET, and
+the time from spawn to its READY=1 datagram is the start-up time. Memory is
+read from /proc: VmRSS now, VmHWM the peak (resettable through clear_refs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    """A child process that says READY=1 on $NOTIFY_SOCKET when it listens."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_seconds = 0.0
+        self.log_path = workdir / f"{name}.log"
+
+    def start(self, timeout: float = 30) -> Proc:
+        path = self.workdir / f"{self.name}.notify"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(timeout)
+            env = {**os.environ, "NOTIFY_SOCKET": str(path), "PYTHONPATH": str(ROOT)}
+            with open(self.log_path, "ab") as log:
+                started = time.perf_counter()
+                self.proc = subprocess.Popen(
+                    self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+                )
+            try:
+                while b"READY=1" not in sock.recv(4096):
+                    pass
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError(
+                    f"{self.name} not ready in {timeout}s; see {self.log_path}"
+                ) from None
+            self.ready_seconds = time.perf_counter() - started
+        path.unlink()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _status(self, field: str) -> int:
+        """A /proc/<pid>/status size field, in bytes."""
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} for {self.name}")
+
+    def rss(self) -> int:
+        return self._status("VmRSS")
+
+    def peak_rss(self) -> int:
+        return self._status("VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        # "5" resets VmHWM to the current RSS (proc(5), clear_refs).
+        with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+            f.write("5")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def daemon(name: str, workdir: Path, port: int, database_url: str, *extra: str) -> Proc:
+    argv = [
+        sys.executable,
+        str(ROOT / "imagelist.py"),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--database-url",
+        database_url,
+        *extra,
+    ]
+    return Proc(name, argv, workdir)
+
+
+def hello(workdir: Path, port: int) -> Proc:
+    return Proc("hello", [sys.executable, "-m", "bench.hello", str(port)], workdir)

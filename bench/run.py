@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""imagelist benchmark: one command, a throwaway PostgreSQL, a table.
+
+    python bench/run.py                  # 1,000 images, 10 s per row
+    python bench/run.py --images 100000  # the large-list case
+    python bench/run.py --smoke          # seconds; checks the suite runs
+
+Starts its own PostgreSQL cluster (never the machine's), seeds it, starts the
+daemon, drives each endpoint with wrk and prints requests/s, p50 and p99 per
+row, with the ceilings measured in the same run: PostgreSQL alone
+(pgbench, the same primary-key lookup) and a hello-world Tornado app. Then
+the same on the embedded SQLite store, and two daemons sharing one port.
+Everything listens on 127.0.0.1 only and every process it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from bench import procs  # noqa: E402
+from bench.load import Result, pgbench, write_requests, wrk  # noqa: E402
+from bench.seed import entry, seed  # noqa: E402
+
+from pgcluster import PgCluster, create_database, free_port  # noqa: E402
+
+# The old Go service on this kind of machine (issue 7), for the targets.
+OLD_GET_RPS = 3300
+OLD_LIST_RPS = 120
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    text: str
+    check: Callable[[Result], bool]
+
+
+@dataclass
+class Row:
+    scenario: str
+    store: str
+    conns: int
+    result: Result
+    #: What it is held against, measured in the same run: (name, result).
+    ceilings: list[tuple[str, Result]] = field(default_factory=list)
+    target: Target | None = None
+    mb_s: bool = False
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    facts: list[tuple[str, str, str]] = field(default_factory=list)  # what, value, target+met
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(f"  {format_row(row)}", file=sys.stderr, flush=True)
+
+    def fact(self, what: str, value: str, target: str = "") -> None:
+        self.facts.append((what, value, target))
+        print(f"  {what}: {value} {target}", file=sys.stderr, flush=True)
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def format_row(row: Row) -> str:
+    r = row.result
+    ratio = ", ".join(f"{r.rate / c.rate:.2f} x {name}" for name, c in row.ceilings if c.rate)
+    target = f"{row.target.text}: {met(row.target.check(r))}" if row.target else ""
+    mb_s = f"{r.mb_per_s:.1f}" if row.mb_s else ""
+    cells = [
+        row.scenario,
+        row.store,
+        str(row.conns),
+        f"{r.rate:,.0f}",
+        f"{r.p50_ms:.2f}",
+        f"{r.p99_ms:.2f}",
+        str(r.errors),
+        mb_s,
+        ratio,
+        target,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| scenario | store | conns | req/s | p50 ms | p99 ms | errors | MB/s | vs ceiling | target |\n"
+    "|---|---|--:|--:|--:|--:|--:|--:|---|---|"
+)
+
+
+def print_table(report: Report, title: str) -> None:
+    print(f"\n{title}\n")
+    print(HEADER)
+    for row in report.rows:
+        print(format_row(row))
+    print("\n| measurement | value | target |\n|---|--:|---|")
+    for what, value, target in report.facts:
+        print(f"| {what} | {value} | {target} |")
+    print()
+
+
+# -- requests -------------------------------------------------------------------
+
+
+def admission_review(uid: int, images: list[str]) -> bytes:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"bench-{uid}", "namespace": "bench"},
+        "spec": {"containers": [{"name": f"c{k}", "image": im} for k, im in enumerate(images)]},
+    }
+    return orjson.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": f"00000000-0000-0000-0000-{uid:012d}",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "bench",
+                "operation": "CREATE",
+                "object": pod,
+            },
+        }
+    )
+
+
+def request_files(workdir: Path, images: int, sample: int) -> dict[str, Path]:
+    """One file of requests per scenario, over `sample` random seeded entries."""
+    rng = random.Random(7)
+    picked = [entry(i) for i in rng.sample(range(images), min(sample, images))]
+    q = urllib.parse.quote
+
+    def get(paths: list[str]) -> list[tuple[str, str, bytes | None]]:
+        return [("GET", p, None) for p in paths]
+
+    reviews = [
+        (
+            "POST",
+            "/admission/validate",
+            admission_review(k, [e.image for e in rng.sample(picked, 10)]),
+        )
+        for k in range(min(200, len(picked)))
+    ]
+    files = {
+        "id": get([f"/images/{e.id}" for e in picked]),
+        "name": get([f"/images?name={q(e.name, safe='')}" for e in picked]),
+        "list": get(["/images"]),
+        "ping": get(["/health/ping"]),
+        "allowed": get([f"/allowed?image={q(e.image, safe='')}" for e in picked]),
+        "review": reviews,
+        "hello": get(["/"]),
+    }
+    return {k: write_requests(workdir / f"{k}.txt", v) for k, v in files.items()}
+
+
+# -- the run ----------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    images: int
+    seconds: int
+    conns: int
+    low_conns: int
+    list_conns: int
+    pool_size: int
+    smoke: bool
+    keep: bool
+
+
+def rps_p99(rps: float, p99: float) -> Target:
+    return Target(f">= {rps:,.0f}/s, p99 < {p99:g} ms", lambda r: r.rate >= rps and r.p99_ms < p99)
+
+
+def p99_under(ms: float) -> Target:
+    return Target(f"p99 < {ms:g} ms", lambda r: r.p99_ms < ms)
+
+
+def rps_at_least(rps: float) -> Target:
+    return Target(f">= {rps:,.0f}/s", lambda r: r.rate >= rps)
+
+
+def url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def warm_up(port: int, files: dict[str, Path], s: Settings) -> None:
+    """Fill the pool and Python's caches before anything is measured."""
+    if s.smoke:
+        return
+    for name in ("id", "allowed", "review"):
+        wrk(url(port), files[name], s.conns, 1)
+
+
+@contextlib.contextmanager
+def running(proc: procs.Proc) -> Iterator[procs.Proc]:
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Path]) -> None:
+    print(f"PostgreSQL: a throwaway cluster, {s.images:,} images", file=sys.stderr)
+    cluster = PgCluster().init()
+    cluster.start()
+    try:
+        cluster.wait_ready()
+        db = create_database(cluster.url(), "imagelist_bench")
+        started = time.perf_counter()
+        seed(db, s.images)
+        report.fact(
+            "seeded (PostgreSQL)", f"{s.images:,} images in {time.perf_counter() - started:.1f} s"
+        )
+
+        pg = pgbench(db, workdir, s.images, s.pool_size, s.seconds)
+        report.add(Row("pgbench: SELECT by id (prepared)", "postgres", s.pool_size, pg))
+        with running(procs.hello(workdir, free_port())) as hello:
+            hellos = {}
+            for conns in (s.conns,) if s.smoke else (s.conns, s.low_conns):
+                hellos[conns] = wrk(url(hello_port(hello)), files["hello"], conns, s.seconds)
+                report.add(Row("Tornado hello world", "-", conns, hellos[conns]))
+
+        port = free_port()
+        daemon = procs.daemon("imagelist-pg", workdir, port, db, "--db-pool-size", str(s.pool_size))
+        with running(daemon):
+            report.fact("start-up to ready (PostgreSQL)", f"{daemon.ready_seconds * 1000:.0f} ms")
+            warm_up(port, files, s)
+            base_rss = daemon.rss()
+            daemon.reset_peak_rss()
+
+            def measure(
+                scenario: str,
+                name: str,
+                conns: int,
+                *,
+                target: Target | None = None,
+                vs: str = "hello",
+                mb_s: bool = False,
+            ) -> Result:
+                result = wrk(url(port), files[name], conns, s.seconds)
+                ceilings = [("hello", hellos[conns])] if conns in hellos else []
+                if vs == "pgbench":
+                    ceilings.append(("pgbench", pg))
+                report.add(Row(scenario, "postgres", conns, result, ceilings, target, mb_s))
+                return result
+
+            big = s.images >= 10_000
+            measure(
+                "GET /images/{id}",
+                "id",
+                s.conns,
+                target=rps_p99(1.5 * OLD_GET_RPS, 25),
+                vs="pgbench",
+            )
+            measure(
+                "GET /allowed?image=",
+                "allowed",
+                s.conns,
+                target=rps_p99(1.5 * OLD_GET_RPS, 25),
+                vs="pgbench",
+            )
+            measure("POST AdmissionReview, 10 images", "review", s.conns, target=p99_under(10))
+            measure("GET /images?name=", "name", s.conns)
+            measure("GET /health/ping", "ping", s.conns)
+            if not s.smoke:
+                measure("GET /images/{id}", "id", s.low_conns, target=p99_under(2), vs="pgbench")
+                measure(
+                    "GET /allowed?image=", "allowed", s.low_conns, target=p99_under(2), vs="pgbench"
+                )
+            peak_small = daemon.peak_rss()
+
+            # The whole list last, with the peak reset: its growth is the point.
+            before = daemon.rss()
+            daemon.reset_peak_rss()
+            measure(
+                f"GET /images (all {s.images:,})",
+                "list",
+                s.list_conns if big else s.conns,
+                target=None if big else rps_at_least(3 * OLD_LIST_RPS),
+                mb_s=True,
+            )
+            growth = daemon.peak_rss() - before
+            report.fact("daemon RSS after warm-up (PostgreSQL)", f"{base_rss / MB:.1f} MB")
+            report.fact("daemon peak RSS, point queries", f"{peak_small / MB:.1f} MB")
+            report.fact(
+                f"daemon peak RSS growth serving the full list of {s.images:,}",
+                f"{growth / MB:.1f} MB",
+                f"< 50 MB: {met(growth < 50 * MB)}" if big else "",
+            )
+
+        run_two_instances(s, workdir, report, files, db)
+    finally:
+        cluster.destroy()
+
+
+def hello_port(proc: procs.Proc) -> int:
+    return int(proc.argv[-1])
+
+
+def run_two_instances(
+    s: Settings, workdir: Path, report: Report, files: dict[str, Path], db: str
+) -> None:
+    """1 vs 2 daemons on one port (SO_REUSEPORT), as imagelist@.service runs them."""
+    port = free_port()
+    args = ("--reuse-port", "--db-pool-size", str(s.pool_size))
+    one = procs.daemon("reuse-1", workdir, port, db, *args)
+    two = procs.daemon("reuse-2", workdir, port, db, *args)
+    with running(one):
+        warm_up(port, files, s)
+        single = wrk(url(port), files["id"], s.conns, s.seconds)
+        report.add(Row("GET /images/{id}, 1 instance --reuse-port", "postgres", s.conns, single))
+        with running(two):
+            warm_up(port, files, s)
+            double = wrk(url(port), files["id"], s.conns, s.seconds)
+            report.add(
+                Row(
+                    "GET /images/{id}, 2 instances --reuse-port",
+                    "postgres",
+                    s.conns,
+                    double,
+                    [("1 instance", single)],
+                )
+            )
+
+
+def run_sqlite(s: Settings, workdir: Path, report: Report, files: dict[str, Path]) -> None:
+    print(f"SQLite: embedded store, {s.images:,} images", file=sys.stderr)
+    db = f"sqlite:///{workdir}/imagelist.db"
+    seed(db, s.images)
+    # Start-up to ready on an existing store, as after a reboot.
+    port = free_port()
+    daemon = procs.daemon("imagelist-sqlite", workdir, port, db)
+    with running(daemon):
+        report.fact(
+            "start-up to ready (SQLite)",
+            f"{daemon.ready_seconds * 1000:.0f} ms",
+            f"< 1000 ms: {met(daemon.ready_seconds < 1)}",
+        )
+        warm_up(port, files, s)
+        for scenario, name in (
+            ("GET /images/{id}", "id"),
+            ("GET /allowed?image=", "allowed"),
+            ("POST AdmissionReview, 10 images", "review"),
+        ):
+            report.add(
+                Row(scenario, "sqlite", s.conns, wrk(url(port), files[name], s.conns, s.seconds))
+            )
+        if s.images < 10_000:
+            report.add(
+                Row(
+                    f"GET /images (all {s.images:,})",
+                    "sqlite",
+                    s.conns,
+                    wrk(url(port), files["list"], s.conns, s.seconds),
+                    mb_s=True,
+                )
+            )
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--images", type=int, default=1000, help="entries to seed (default 1000)")
+    p.add_argument("--seconds", type=int, default=10, help="wrk duration per row (default 10)")
+    p.add_argument("--conns", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--low-conns", type=int, default=2, help="the low-concurrency rows (default 2)")
+    p.add_argument(
+        "--list-conns",
+        type=int,
+        default=4,
+        help="connections for the full list when --images >= 10000 (default 4)",
+    )
+    p.add_argument("--db-pool-size", type=int, default=10, help="the daemon's pool (default 10)")
+    p.add_argument("--smoke", action="store_true", help="100 images, 1 s per row: checks it runs")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (daemon logs)")
+    ns = p.parse_args(argv)
+    if ns.smoke:
+        ns.images, ns.seconds, ns.conns = 100, 1, 8
+    return Settings(
+        images=ns.images,
+        seconds=ns.seconds,
+        conns=ns.conns,
+        low_conns=ns.low_conns,
+        list_conns=ns.list_conns,
+        pool_size=ns.db_pool_size,
+        smoke=ns.smoke,
+        keep=ns.keep,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    s = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="imagelist-bench-"))
+    report = Report()
+    try:
+        files = request_files(workdir, s.images, 10_000)
+        run_postgres(s, workdir, report, files)
+        run_sqlite(s, workdir, report, files)
+    finally:
+        if s.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    title = (
+        f"imagelist benchmark: {s.images:,} images, wrk 2 threads, {s.seconds} s per row, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print_table(report, title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""bench/run.py --smoke: the benchmark runs end to end and prints its table.
+
+No numbers are checked (no timed assertions): only that every row and
+measurement is there and that no request failed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_run_prints_the_whole_table() -> None:
+    assert shutil.which("wrk"), "wrk not found: apt-get install wrk"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,  # bounds a hang; the run takes about 20 s
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "| scenario | store | conns | req/s | p50 ms | p99 ms | errors |" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    by_name = {(r[0].strip(), r[1].strip()): r for r in rows if len(r) >= 7}
+    for scenario, store in [
+        ("pgbench: SELECT by id (prepared)", "postgres"),
+        ("Tornado hello world", "-"),
+        ("GET /images/{id}", "postgres"),
+        ("GET /allowed?image=", "postgres"),
+        ("POST AdmissionReview, 10 images", "postgres"),
+        ("GET /images?name=", "postgres"),
+        ("GET /health/ping", "postgres"),
+        ("GET /images (all 100)", "postgres"),
+        ("GET /images/{id}, 1 instance --reuse-port", "postgres"),
+        ("GET /images/{id}, 2 instances --reuse-port", "postgres"),
+        ("GET /images/{id}", "sqlite"),
+        ("GET /allowed?image=", "sqlite"),
+        ("GET /images (all 100)", "sqlite"),
+    ]:
+        row = by_name[(scenario, store)]
+        assert float(row[3].replace(",", "")) > 0, row  # requests were answered
+        assert row[6].strip() == "0", f"failed requests: {row}"
+    for measurement in ("start-up to ready (SQLite)", "start-up to ready (PostgreSQL)"):
+        assert f"| {measurement} |" in out
+    assert "daemon peak RSS growth serving the full list" in out
