@@ -69,6 +69,10 @@ def generated(output: str) -> int:
     return int(match.group(1))
 
 
+def requests_served(d: Daemon) -> list[dict]:
+    return [e for e in d.logs() if e.get("event") == "request"]
+
+
 def assert_daemon_clean(d: Daemon) -> None:
     status, _, _ = d.request("GET", "/health/ping")
     assert status == 200, "daemon unhealthy after fuzzing"
@@ -89,9 +93,12 @@ def assert_daemon_clean(d: Daemon) -> None:
     ],
 )
 def test_openapi_fuzz(fuzz_daemon: Daemon, tmp_path: Path, mode: str, extra: tuple) -> None:
+    before = len(requests_served(fuzz_daemon))
     code, output = schemathesis(fuzz_daemon, tmp_path, "--mode", mode, *extra)
     count = generated(output)
-    print(f"\nfuzz[{mode}]: {count} test cases", output[-600:])
+    served = requests_served(fuzz_daemon)[before:]
+    statuses = sorted({e["status"] for e in served})
+    print(f"\nfuzz[{mode}]: {count} test cases, {len(served)} requests, statuses {statuses}")
     assert code == 0, output[-6000:]
     assert count >= 1000
     assert_daemon_clean(fuzz_daemon)
