@@ -37,6 +37,9 @@ from storage.sql import SELECT_COLUMNS, all_list_sql, postgres_entry_json
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
 
+# Seconds aiopg waits for an answer beyond the server's statement_timeout.
+CLIENT_TIMEOUT_MARGIN = 1.0
+
 # Serialises schema changes across every instance sharing the database.
 MIGRATION_LOCK_KEY = 0x696D676C  # "imgl"
 
@@ -282,7 +285,12 @@ class PostgresStorage(Storage):
             # closes none while idle), so load never waits for a connect.
             minsize=self._pool_size,
             maxsize=self._pool_size,
-            timeout=self._timeout,
+            # The server's statement_timeout is the query bound: it leaves
+            # the connection usable. aiopg's own timer is the backstop for a
+            # server that stopped answering; were it to fire first (as it
+            # did, at the same value), it would close the connection and the
+            # slow query would be retried and then drop the whole pool.
+            timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
             enable_hstore=False,
             enable_json=False,
             enable_uuid=False,
@@ -342,6 +350,17 @@ class PostgresStorage(Storage):
             await slots.acquire()
         try:
             return await self._run_on_pool(op)
+        except asyncio.CancelledError:
+            # aiopg raises CancelledError in place of QueryCanceled, i.e. when
+            # the server's statement_timeout fired (a lock wait, a slow
+            # query): that is a database that did not answer in time. A real
+            # cancellation of this task (wait_for, shutdown) goes on as one.
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            raise StorageUnavailable(
+                f"database did not answer within {self._timeout:g} s"
+            ) from None
         finally:
             slots.release()
 
