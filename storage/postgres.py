@@ -10,6 +10,7 @@ cannot follow libpq's own host fallback (see STYLE.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -239,6 +240,10 @@ class PostgresStorage(Storage):
             await self._get_pool()
         except StorageUnavailable as exc:
             log.warning("PostgreSQL unavailable at start-up, will retry: %s", exc)
+        except psycopg2.Error as exc:
+            # Reached, but refused the schema (permission denied, ...): a
+            # StorageError, which the daemon reports and exits on.
+            raise StorageError(f"database error: {str(exc.pgerror or exc).strip()}") from exc
 
     async def close(self) -> None:
         self._closed = True
@@ -305,7 +310,11 @@ class PostgresStorage(Storage):
                         raise psycopg2.OperationalError("server is read-only")
                 await self._migrate(cur)
         except BaseException:
+            # terminate() closes only connections in use; the idle ones stay
+            # open (and each warns) until wait_closed() closes them.
             pool.terminate()
+            with contextlib.suppress(Exception):
+                await pool.wait_closed()
             raise
         return pool
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import urllib.parse
+import uuid
+
 import psycopg2
 import pytest
 
 from conftest import reset_postgres
+from daemon import Daemon
+from pgcluster import create_database
 
 
 @pytest.fixture
@@ -48,3 +53,30 @@ async def test_a_query_outliving_the_db_timeout_is_a_503_then_recovers(api, data
     # Nothing that failed was written.
     assert (await api.get("/images/b")).status == 404
 
+
+# A database the configured role may not create tables in (PostgreSQL 15+
+# grants no CREATE on schema public to other roles) made the start-up
+# migration raise InsufficientPrivilege out of open(): the daemon died with an
+# "uncaught_exception" traceback instead of saying what was wrong.
+def test_a_database_the_role_cannot_migrate_is_refused_with_a_clear_message(
+    pg_server_url: str,
+) -> None:
+    url = create_database(pg_server_url, f"imagelist_nopriv_{uuid.uuid4().hex[:8]}")
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS imagelist_nopriv")
+        cur.execute("CREATE ROLE imagelist_nopriv LOGIN")
+        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    admin.close()
+    parts = urllib.parse.urlsplit(url)
+    netloc = "imagelist_nopriv@" + parts.netloc.rpartition("@")[2]
+    daemon = Daemon("--database-url", parts._replace(netloc=netloc).geturl()).start(wait=False)
+    try:
+        assert daemon.wait(30) == 1
+    finally:
+        daemon.stop()
+    events = [entry["event"] for entry in daemon.logs()]
+    assert "uncaught_exception" not in events, daemon.output
+    failed = next(e for e in daemon.logs() if e["event"] == "storage_open_failed")
+    assert "permission denied" in failed["error"]

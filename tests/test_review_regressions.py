@@ -7,9 +7,12 @@ was backend-specific, so the two answer alike.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import orjson
 import pytest
+
+from daemon import Daemon
 
 
 def forged_cursor(sort: str, value: object, image_id: str) -> str:
@@ -68,3 +71,21 @@ async def test_made_up_methods_do_not_add_metric_series(api) -> None:
     assert not any("X-MADE-UP" in line for line in series), series
     assert any('method="OTHER",route="/images",status="405"} 5.0' in line for line in series)
     assert any('method="GET",route="/images",status="200"} 1.0' in line for line in series)
+
+
+# An SQLite file that is not a database (or cannot be opened) made open()
+# raise sqlite3.DatabaseError, which the daemon did not expect: it died with
+# an "uncaught_exception" traceback instead of its storage_open_failed line.
+def test_an_unusable_sqlite_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "imagelist.db"
+    bad.write_bytes(b"not an SQLite database, only text long enough to look like one " * 4)
+    daemon = Daemon("--database-url", f"sqlite:///{bad}").start(wait=False)
+    try:
+        assert daemon.wait(30) == 1
+    finally:
+        daemon.stop()
+    events = [entry["event"] for entry in daemon.logs()]
+    assert "uncaught_exception" not in events, daemon.output
+    failed = next(e for e in daemon.logs() if e["event"] == "storage_open_failed")
+    assert "not a database" in failed["error"]
+    assert str(bad) in failed["error"]
