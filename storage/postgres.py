@@ -41,6 +41,10 @@ T = TypeVar("T")
 # Seconds aiopg waits for an answer beyond the server's statement_timeout.
 CLIENT_TIMEOUT_MARGIN = 1.0
 
+# Seconds aiopg lets one migration statement run (the server has no limit
+# then): generous, since a migration touches every row.
+MIGRATION_TIMEOUT = 3600.0
+
 # Serialises schema changes across every instance sharing the database.
 MIGRATION_LOCK_KEY = 0x696D676C  # "imgl"
 
@@ -193,6 +197,13 @@ def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
     return out, want_rw
 
 
+def _query_canceled() -> bool:
+    """Whether the CancelledError being handled is aiopg's stand-in for a
+    QueryCanceled (statement_timeout) rather than a cancellation of the task."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
 def _to_utc(ts: dt.datetime) -> dt.datetime:
     return ts.astimezone(dt.UTC)
 
@@ -277,6 +288,12 @@ class PostgresStorage(Storage):
                 except _CONNECTION_ERRORS as exc:
                     errors.append(str(exc).strip() or type(exc).__name__)
                     continue
+                except asyncio.CancelledError:
+                    # e.g. waiting for the migration lock another instance holds
+                    if not _query_canceled():
+                        raise
+                    errors.append("statement timeout while connecting")
+                    continue
                 self._pool = pool
                 return pool
             self._last_failure = time.monotonic()
@@ -302,13 +319,15 @@ class PostgresStorage(Storage):
             options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
         )
         try:
-            async with pool.acquire() as conn, conn.cursor() as cur:
+            async with pool.acquire() as conn:
                 if self._want_rw:
-                    await cur.execute(READ_ONLY_SQL)
-                    (read_only,) = await cur.fetchone()
+                    async with conn.cursor() as cur:
+                        await cur.execute(READ_ONLY_SQL)
+                        (read_only,) = await cur.fetchone()
                     if read_only == "on":
                         raise psycopg2.OperationalError("server is read-only")
-                await self._migrate(cur)
+                async with conn.cursor(timeout=MIGRATION_TIMEOUT) as cur:
+                    await self._migrate(cur)
         except BaseException:
             # terminate() closes only connections in use; the idle ones stay
             # open (and each warns) until wait_closed() closes them.
@@ -326,6 +345,11 @@ class PostgresStorage(Storage):
             await cur.execute(SCHEMA_TABLE_SQL)
             await cur.execute(VERSION_SQL)
             (version,) = await cur.fetchone()
+            if version < len(MIGRATIONS):
+                # A migration rewrites every row: --db-timeout bounds queries,
+                # not this (it would be cut off and retried for ever). The
+                # lock wait above stays bounded.
+                await cur.execute("SET LOCAL statement_timeout = 0")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 if isinstance(script, str):
                     await cur.execute(script)
@@ -364,8 +388,7 @@ class PostgresStorage(Storage):
             # the server's statement_timeout fired (a lock wait, a slow
             # query): that is a database that did not answer in time. A real
             # cancellation of this task (wait_for, shutdown) goes on as one.
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
+            if not _query_canceled():
                 raise
             raise StorageUnavailable(
                 f"database did not answer within {self._timeout:g} s"

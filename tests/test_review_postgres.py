@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 import uuid
 
 import psycopg2
 import pytest
+
+from storage import StorageUnavailable, create_storage
+from storage.postgres import MIGRATION_LOCK_KEY, MIGRATIONS
 
 from conftest import reset_postgres
 from daemon import Daemon
@@ -80,3 +84,62 @@ def test_a_database_the_role_cannot_migrate_is_refused_with_a_clear_message(
     assert "uncaught_exception" not in events, daemon.output
     failed = next(e for e in daemon.logs() if e["event"] == "storage_open_failed")
     assert "permission denied" in failed["error"]
+
+
+# Migrations ran under the per-query statement_timeout (--db-timeout, 5 s by
+# default): migration 3 rewrites every row, so on a large table it was cut
+# off, rolled back and tried again at every connect, for ever, and at
+# start-up aiopg's CancelledError killed the daemon. A tiny --db-timeout
+# makes a modest table "large" here.
+@pytest.mark.gen_test(timeout=120)
+async def test_a_migration_may_take_longer_than_the_query_timeout(pg_server_url: str) -> None:
+    url = create_database(pg_server_url, f"imagelist_bigmig_{uuid.uuid4().hex[:8]}")
+    first = create_storage(url)
+    await first.open()
+    await first.close()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO images (id, name, tags, created_at, updated_at)"
+            " SELECT 'id' || n, 'nginx', '{latest}', now(), now()"
+            " FROM generate_series(1, 60000) AS n"
+        )
+        cur.execute("UPDATE imagelist_schema SET version = 2")  # as before migration 3
+    conn.close()
+    store = create_storage(url, timeout=0.1)
+    await store.open()
+    try:
+        assert await store.count() == 60000
+    finally:
+        await store.close()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT version FROM imagelist_schema")
+        assert cur.fetchall() == [(len(MIGRATIONS),)]
+        cur.execute("SELECT count(*) FROM images WHERE entry_json IS NULL")
+        assert cur.fetchone() == (0,)
+    conn.close()
+
+
+# A second instance starting while another holds the migration lock waited
+# out statement_timeout and died of aiopg's CancelledError; it now starts,
+# answers 503s, and connects once the lock is free.
+@pytest.mark.gen_test(timeout=60)
+async def test_an_instance_waiting_on_the_migration_lock_starts_and_recovers(
+    pg_server_url: str,
+) -> None:
+    url = create_database(pg_server_url, f"imagelist_lock_{uuid.uuid4().hex[:8]}")
+    other = psycopg2.connect(url)
+    with other.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    store = create_storage(url, timeout=0.5)
+    try:
+        await store.open()
+        with pytest.raises(StorageUnavailable):
+            await store.count()
+        other.close()
+        await asyncio.sleep(1.5)  # past the store's retry interval
+        assert await store.count() == 0
+    finally:
+        other.close()
+        await store.close()
