@@ -17,6 +17,9 @@ from storage.base import Storage
 from storage.errors import StorageError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Methods labelled as themselves; any other (Tornado accepts any token and
+#: answers 405) is "OTHER", so clients cannot add series at will.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 #: How long a scrape waits for the stored-images count before it shows the last one.
 COUNT_TIMEOUT = 1.0
 
@@ -132,6 +135,8 @@ class Metrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         # labels() validates and locks on every call; each label set's
         # children are looked up once and kept (as many as labels() keeps).
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
         key = (route, method, status)
         children = self._request_children.get(key)
         if children is None:

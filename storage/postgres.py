@@ -10,6 +10,7 @@ cannot follow libpq's own host fallback (see STYLE.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -36,6 +37,13 @@ from storage.sql import SELECT_COLUMNS, all_list_sql, postgres_entry_json
 
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
+
+# Seconds aiopg waits for an answer beyond the server's statement_timeout.
+CLIENT_TIMEOUT_MARGIN = 1.0
+
+# Seconds aiopg lets one migration statement run (the server has no limit
+# then): generous, since a migration touches every row.
+MIGRATION_TIMEOUT = 3600.0
 
 # Serialises schema changes across every instance sharing the database.
 MIGRATION_LOCK_KEY = 0x696D676C  # "imgl"
@@ -189,6 +197,13 @@ def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
     return out, want_rw
 
 
+def _query_canceled() -> bool:
+    """Whether the CancelledError being handled is aiopg's stand-in for a
+    QueryCanceled (statement_timeout) rather than a cancellation of the task."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
 def _to_utc(ts: dt.datetime) -> dt.datetime:
     return ts.astimezone(dt.UTC)
 
@@ -236,6 +251,10 @@ class PostgresStorage(Storage):
             await self._get_pool()
         except StorageUnavailable as exc:
             log.warning("PostgreSQL unavailable at start-up, will retry: %s", exc)
+        except psycopg2.Error as exc:
+            # Reached, but refused the schema (permission denied, ...): a
+            # StorageError, which the daemon reports and exits on.
+            raise StorageError(f"database error: {str(exc.pgerror or exc).strip()}") from exc
 
     async def close(self) -> None:
         self._closed = True
@@ -269,6 +288,12 @@ class PostgresStorage(Storage):
                 except _CONNECTION_ERRORS as exc:
                     errors.append(str(exc).strip() or type(exc).__name__)
                     continue
+                except asyncio.CancelledError:
+                    # e.g. waiting for the migration lock another instance holds
+                    if not _query_canceled():
+                        raise
+                    errors.append("statement timeout while connecting")
+                    continue
                 self._pool = pool
                 return pool
             self._last_failure = time.monotonic()
@@ -282,22 +307,33 @@ class PostgresStorage(Storage):
             # closes none while idle), so load never waits for a connect.
             minsize=self._pool_size,
             maxsize=self._pool_size,
-            timeout=self._timeout,
+            # The server's statement_timeout is the query bound: it leaves
+            # the connection usable. aiopg's own timer is the backstop for a
+            # server that stopped answering; were it to fire first (as it
+            # did, at the same value), it would close the connection and the
+            # slow query would be retried and then drop the whole pool.
+            timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
             enable_hstore=False,
             enable_json=False,
             enable_uuid=False,
             options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
         )
         try:
-            async with pool.acquire() as conn, conn.cursor() as cur:
+            async with pool.acquire() as conn:
                 if self._want_rw:
-                    await cur.execute(READ_ONLY_SQL)
-                    (read_only,) = await cur.fetchone()
+                    async with conn.cursor() as cur:
+                        await cur.execute(READ_ONLY_SQL)
+                        (read_only,) = await cur.fetchone()
                     if read_only == "on":
                         raise psycopg2.OperationalError("server is read-only")
-                await self._migrate(cur)
+                async with conn.cursor(timeout=MIGRATION_TIMEOUT) as cur:
+                    await self._migrate(cur)
         except BaseException:
+            # terminate() closes only connections in use; the idle ones stay
+            # open (and each warns) until wait_closed() closes them.
             pool.terminate()
+            with contextlib.suppress(Exception):
+                await pool.wait_closed()
             raise
         return pool
 
@@ -309,6 +345,11 @@ class PostgresStorage(Storage):
             await cur.execute(SCHEMA_TABLE_SQL)
             await cur.execute(VERSION_SQL)
             (version,) = await cur.fetchone()
+            if version < len(MIGRATIONS):
+                # A migration rewrites every row: --db-timeout bounds queries,
+                # not this (it would be cut off and retried for ever). The
+                # lock wait above stays bounded.
+                await cur.execute("SET LOCAL statement_timeout = 0")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 if isinstance(script, str):
                     await cur.execute(script)
@@ -342,6 +383,16 @@ class PostgresStorage(Storage):
             await slots.acquire()
         try:
             return await self._run_on_pool(op)
+        except asyncio.CancelledError:
+            # aiopg raises CancelledError in place of QueryCanceled, i.e. when
+            # the server's statement_timeout fired (a lock wait, a slow
+            # query): that is a database that did not answer in time. A real
+            # cancellation of this task (wait_for, shutdown) goes on as one.
+            if not _query_canceled():
+                raise
+            raise StorageUnavailable(
+                f"database did not answer within {self._timeout:g} s"
+            ) from None
         finally:
             slots.release()
 

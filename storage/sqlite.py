@@ -177,11 +177,20 @@ class SqliteStorage(Storage):
         def connect() -> None:
             directory = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(directory, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            self._migrate(conn)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
+            try:
+                conn.execute("PRAGMA busy_timeout = 5000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                self._migrate(conn)
+            except sqlite3.Error as exc:
+                # Not a database, locked, read-only: the daemon refuses to
+                # start naming the file, rather than dying with a traceback.
+                conn.close()
+                raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
             self._conn = conn
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
