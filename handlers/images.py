@@ -5,6 +5,9 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
+import structlog
+from tornado.iostream import StreamClosedError
+
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
 from handlers.paging import decode_cursor, encode_cursor, parse_limit
@@ -14,6 +17,7 @@ from storage.errors import StorageError
 from storage.model import DEFAULT_SORT, SORT_KEYS, Image, ListQuery, format_timestamp
 
 DEFAULT_PAGE = 100
+log = structlog.get_logger("imagelist.http")
 
 
 def image_json(image: Image) -> dict[str, Any]:
@@ -85,6 +89,12 @@ class ImagesHandler(BodyHandler):
                 sent_any = True
                 if page.count == chunk:
                     await self.flush()
+        except StreamClosedError:
+            # The client hung up mid-list: nothing to answer, nothing wrong.
+            log.info("client_gone", request_id=self.request_id, path=self.request.path)
+            self._finished = True  # Tornado must not try to finish on a closed stream
+            self.on_finish()
+            return
         except StorageError:
             if not self._headers_written:
                 raise

@@ -114,3 +114,27 @@ def test_protocol_garbage_never_reaches_a_handler_or_a_traceback(tmp_path: Path)
     logs = d.logs()
     assert [e for e in logs if e.get("level") in ("error", "critical")] == []
     assert not any("Traceback" in line for line in d.output)
+
+
+def test_a_client_leaving_mid_stream_is_not_an_error(tmp_path: Path) -> None:
+    """A client that hangs up during a long GET /images (many pages) is
+    ordinary: no error line, no traceback, and the daemon serves on."""
+    import http.client
+    import json
+
+    with Daemon("--database-url", f"sqlite:///{tmp_path}/db") as d:
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+        for i in range(1600):  # over three database pages of 500
+            body = json.dumps({"id": f"i{i:05d}", "name": "n" * 200, "tags": ["t"] * 20})
+            conn.request("PUT", "/images", body=body)
+            assert conn.getresponse().read() and True
+        conn.close()
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+                s.sendall(b"GET /images HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            # closed after the first bytes, while the daemon is still sending
+        status, listed, _ = d.request("GET", "/images")
+        assert status == 200 and len(listed) == 1600
+    assert [e for e in d.logs() if e.get("level") in ("error", "critical")] == []
+    assert not any("Traceback" in line for line in d.output)
