@@ -82,15 +82,13 @@ def watch_tokens(ctx: AppContext) -> FileWatcher | None:
 
 def build_storage(config: Config, metrics: Metrics) -> Storage:
     """The store the configuration names, reporting to `metrics`."""
-    storage = create_storage(
+    return create_storage(
         config.database_url,
         pool_size=config.db_pool_size,
         timeout=config.db_timeout,
         connect_timeout=config.db_connect_timeout,
         observer=metrics.observe_query,
     )
-    metrics.watch_storage(storage)
-    return storage
 
 
 async def serve(config: Config) -> int:

@@ -28,6 +28,10 @@ class AppContext:
     #: Bearer tokens for writes; None when no --tokens-file (auth off).
     tokens: TokenRegistry | None = None
 
+    def __post_init__(self) -> None:
+        # Every app exports its store's pool, however it was assembled.
+        self.metrics.watch_storage(self.storage)
+
     def reload(self) -> None:
         for hook in self.reload_hooks:
             hook()

@@ -121,26 +121,14 @@ class Storage(abc.ABC):
         greatest id) is returned, the same on both backends.
         """
 
-    async def iter_pages(self, query: ListQuery) -> AsyncIterator[list[Image]]:
-        """Every matching entry, one bounded page at a time.
+    async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
+        """Every matching entry as JSON text, one bounded page at a time:
+        what streaming the whole list is made of.
 
         Keyset paging rather than one long-lived server-side cursor: between
         pages no connection is held, so a slow reader cannot pin a pooled
         connection, and memory stays at one page whatever the table size.
         """
-        after = query.after
-        while True:
-            page = await self.list_page(
-                ListQuery(sort=query.sort, name=query.name, after=after, limit=query.limit)
-            )
-            if page:
-                yield page
-            if len(page) < query.limit:
-                return
-            after = position_of(query.sort, page[-1])
-
-    async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
-        """`iter_pages`, as JSON: what streaming the whole list is made of."""
         after = query.after
         while True:
             page = await self.list_json(

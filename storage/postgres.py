@@ -33,7 +33,14 @@ from storage.base import (
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
 from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
 from storage.reference import ImageRef, reference_keys
-from storage.sql import SELECT_COLUMNS, all_list_sql, postgres_entry_json
+from storage.sql import (
+    SELECT_COLUMNS,
+    all_list_sql,
+    list_key,
+    list_params,
+    postgres_entry_json,
+    write_params,
+)
 
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
@@ -454,14 +461,7 @@ class PostgresStorage(Storage):
 
     @observed
     async def put(self, new: NewImage) -> Image:
-        norm_name, digest = reference_keys(new.name, new.id)
-        params = {
-            "id": new.id,
-            "name": new.name,
-            "norm_name": norm_name,
-            "digest": digest,
-            "tags": list(new.tags),
-        }
+        params = {**write_params(new), "tags": list(new.tags)}
 
         async def op(cur: Any) -> tuple:
             await cur.execute(UPSERT_SQL, params)
@@ -478,19 +478,9 @@ class PostgresStorage(Storage):
 
         await self._run(op)
 
-    @staticmethod
-    def _list_params(query: ListQuery) -> dict[str, object]:
-        params: dict[str, object] = {"limit": query.limit, "name": query.name}
-        if query.after is not None:
-            params["after_id"] = query.after.id
-            value = query.after.value
-            if query.sort in ("created_at", "updated_at"):
-                value = from_micros(int(value))
-            params["after_value"] = value
-        return params
-
     async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
-        params = self._list_params(query)
+        timestamp = query.sort in ("created_at", "updated_at")
+        params = list_params(query, lambda v: from_micros(int(v)) if timestamp else v)
 
         async def op(cur: Any) -> list[tuple]:
             await cur.execute(sql, params)
@@ -500,12 +490,12 @@ class PostgresStorage(Storage):
 
     @observed
     async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+        sql = LIST_SQL[list_key(query)]
         return [_row_to_image(r) for r in await self._list_rows(sql, query)]
 
     @observed
     async def list_json(self, query: ListQuery) -> JsonPage:
-        sql = LIST_JSON_SQL[(query.sort, query.name is not None, query.after is not None)]
+        sql = LIST_JSON_SQL[list_key(query)]
         return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
 
     @observed

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from storage.model import SORT_KEYS
+from storage.model import SORT_KEYS, ListQuery, NewImage
+from storage.reference import reference_keys
 
 Param = Callable[[str], str]
 
@@ -73,3 +74,26 @@ def all_list_sql(param: Param, columns: str = SELECT_COLUMNS) -> dict[tuple[str,
         for by_name in (False, True)
         for after in (False, True)
     }
+
+
+def list_key(query: ListQuery) -> tuple[str, bool, bool]:
+    """The key of `query`'s statement in an `all_list_sql` table."""
+    return (query.sort, query.name is not None, query.after is not None)
+
+
+def list_params(
+    query: ListQuery, after_value: Callable[[str | int], object] = lambda v: v
+) -> dict[str, object]:
+    """Bound parameters of a page query; `after_value` converts the keyset
+    value to what the backend compares it with."""
+    params: dict[str, object] = {"limit": query.limit, "name": query.name}
+    if query.after is not None:
+        params["after_id"] = query.after.id
+        params["after_value"] = after_value(query.after.value)
+    return params
+
+
+def write_params(new: NewImage) -> dict[str, object]:
+    """Parameters of the upsert both backends share; each adds its tags."""
+    norm_name, digest = reference_keys(new.name, new.id)
+    return {"id": new.id, "name": new.name, "norm_name": norm_name, "digest": digest}

@@ -29,7 +29,14 @@ from storage.base import (
 from storage.errors import NotFound, StorageUnavailable
 from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros, to_micros
 from storage.reference import ImageRef, reference_keys
-from storage.sql import SELECT_COLUMNS, SQLITE_JSON_COLUMN, all_list_sql
+from storage.sql import (
+    SELECT_COLUMNS,
+    SQLITE_JSON_COLUMN,
+    all_list_sql,
+    list_key,
+    list_params,
+    write_params,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("imagelist.storage")
@@ -235,12 +242,8 @@ class SqliteStorage(Storage):
 
     @observed
     async def put(self, new: NewImage) -> Image:
-        norm_name, digest = reference_keys(new.name, new.id)
         params = {
-            "id": new.id,
-            "name": new.name,
-            "norm_name": norm_name,
-            "digest": digest,
+            **write_params(new),
             "tags": json.dumps(list(new.tags), ensure_ascii=False),
             "now": _now_micros(),
         }
@@ -265,20 +268,17 @@ class SqliteStorage(Storage):
         await self._run(lambda c: c.execute(DELETE_SQL, {"id": image_id}))
 
     async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
-        params: dict[str, object] = {"limit": query.limit, "name": query.name}
-        if query.after is not None:
-            params["after_id"] = query.after.id
-            params["after_value"] = query.after.value
+        params = list_params(query)
         return await self._run(lambda c: c.execute(sql, params).fetchall())
 
     @observed
     async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[(query.sort, query.name is not None, query.after is not None)]
+        sql = LIST_SQL[list_key(query)]
         return [_row_to_image(r) for r in await self._list_rows(sql, query)]
 
     @observed
     async def list_json(self, query: ListQuery) -> JsonPage:
-        sql = LIST_JSON_SQL[(query.sort, query.name is not None, query.after is not None)]
+        sql = LIST_JSON_SQL[list_key(query)]
         return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
 
     @observed

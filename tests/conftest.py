@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from config import load_config  # noqa: E402
 from handlers import AppContext, make_app  # noqa: E402
-from storage import create_storage  # noqa: E402
+from handlers.metrics import Metrics  # noqa: E402
+from imagelist import build_storage  # noqa: E402
 
 from pgcluster import PgCluster, create_database  # noqa: E402
 
@@ -96,14 +97,10 @@ def ctx(database_url: str, app_options: list[str], io_loop) -> Iterator[AppConte
     config = make_config(
         database_url, "--db-timeout", "2", "--db-connect-timeout", "1", *app_options
     )
-    storage = create_storage(
-        config.database_url,
-        pool_size=config.db_pool_size,
-        timeout=config.db_timeout,
-        connect_timeout=config.db_connect_timeout,
-    )
+    metrics = Metrics()
+    storage = build_storage(config, metrics)
     io_loop.run_sync(storage.open)
-    context = AppContext(config=config, storage=storage)
+    context = AppContext(config=config, storage=storage, metrics=metrics)
     yield context
     io_loop.run_sync(storage.close)
 

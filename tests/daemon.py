@@ -149,3 +149,16 @@ class Daemon:
                 last = exc
             time.sleep(0.1)
         raise TimeoutError(f"GET {path} never answered {status} (last: {last})")
+
+
+def storage_refusal(*args: str) -> dict[str, Any]:
+    """Start the daemon on a store it must refuse: it exits 1 with a
+    `storage_open_failed` line (never an uncaught traceback); that line."""
+    daemon = Daemon(*args).start(wait=False)
+    try:
+        assert daemon.wait(30) == 1
+    finally:
+        daemon.stop()
+    events = [entry["event"] for entry in daemon.logs()]
+    assert "uncaught_exception" not in events, daemon.output
+    return next(e for e in daemon.logs() if e["event"] == "storage_open_failed")

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from daemon import Daemon
+from daemon import storage_refusal
 
 
 def forged_cursor(sort: str, value: object, image_id: str) -> str:
@@ -79,13 +79,6 @@ async def test_made_up_methods_do_not_add_metric_series(api) -> None:
 def test_an_unusable_sqlite_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     bad = tmp_path / "imagelist.db"
     bad.write_bytes(b"not an SQLite database, only text long enough to look like one " * 4)
-    daemon = Daemon("--database-url", f"sqlite:///{bad}").start(wait=False)
-    try:
-        assert daemon.wait(30) == 1
-    finally:
-        daemon.stop()
-    events = [entry["event"] for entry in daemon.logs()]
-    assert "uncaught_exception" not in events, daemon.output
-    failed = next(e for e in daemon.logs() if e["event"] == "storage_open_failed")
+    failed = storage_refusal("--database-url", f"sqlite:///{bad}")
     assert "not a database" in failed["error"]
     assert str(bad) in failed["error"]
