@@ -25,6 +25,7 @@ from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from handlers.metrics import Metrics
 from storage import Storage, StorageError, create_storage
+from storage.sweep import sweep_stale_keys
 
 log = structlog.get_logger("imagelist")
 
@@ -149,6 +150,7 @@ async def serve(config: Config) -> int:
     sd_notify(f"READY=1\nSTATUS=listening on port {port}")
     interval = watchdog_interval()
     pinger = asyncio.create_task(watchdog_pings(interval)) if interval else None
+    sweeper = asyncio.create_task(sweep_stale_keys(storage))
     try:
         await stop.wait()
     finally:
@@ -157,11 +159,12 @@ async def serve(config: Config) -> int:
     sd_notify("STOPPING=1")
     log.info("stopping", inflight=ctx.inflight)
     await drain(ctx, server, config.shutdown_timeout)
+    for task in (sweeper, pinger):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     await storage.close()
-    if pinger is not None:
-        pinger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pinger
     log.info("stopped")
     return 0
 

@@ -56,9 +56,11 @@ def check_name(value: Any, field: str = "name") -> str:
     return _check_string(field, value, spaces=True)
 
 
-def check_tags(value: Any) -> tuple[str, ...]:
+def check_tags(value: Any) -> tuple[str, ...] | None:
+    """None when absent or null: an existing entry keeps its tags (as the Go
+    service did); `[]` clears them."""
     if value is None:
-        return ()
+        return None
     if not isinstance(value, list):
         raise ApiError(400, "tags must be an array of strings", {"field": "tags"})
     if len(value) > MAX_TAGS:

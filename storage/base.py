@@ -21,6 +21,10 @@ log = logging.getLogger("imagelist.storage")
 
 T = TypeVar("T")
 
+#: Entries whose match keys one `compute_stale_keys` call computes at most:
+#: bounds the time a sweep holds a connection (~50 ms per 1,000).
+KEYS_BATCH = 1000
+
 #: Told about every storage operation: (operation, seconds, ok). Metrics hang
 #: off this so that storage stays free of prometheus and tornado.
 QueryObserver = Callable[[str, float, bool], None]
@@ -88,7 +92,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, new: NewImage) -> Image:
-        """Create, or update tags (only) of an existing id; return the stored row."""
+        """Create, or update tags (only) of an existing id; return the stored
+        row. `new.tags` None keeps an existing entry as it is (and creates
+        one without tags)."""
 
     @abc.abstractmethod
     async def delete(self, image_id: str) -> None:
@@ -120,6 +126,14 @@ class Storage(abc.ABC):
         Of several such entries, the most recently updated one (then the
         greatest id) is returned, the same on both backends.
         """
+
+    async def compute_stale_keys(self, limit: int = KEYS_BATCH) -> int:
+        """Compute the match keys (storage.reference.reference_keys) of at
+        most `limit` entries that another writer (SQL, the Go service) left
+        without them; return how many were computed. Until then such an
+        entry allows nothing. Only PostgreSQL has other writers: the
+        SQLite file is imagelist's alone, and its writes compute their keys."""
+        return 0
 
     async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
         """Every matching entry as JSON text, one bounded page at a time:

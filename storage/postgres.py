@@ -22,7 +22,9 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from storage import legacy
 from storage.base import (
+    KEYS_BATCH,
     PoolStats,
     QueryObserver,
     Storage,
@@ -118,6 +120,51 @@ CREATE TRIGGER images_entry_json BEFORE INSERT OR UPDATE ON images
 UPDATE images SET entry_json = NULL;
 """
 
+# Migration 4: rows from writers other than imagelist (the Go service during
+# a rolling upgrade or after a rollback, an admin's psql). Their NULLs are
+# filled as the Go service showed them, so every row reads back; and since
+# their match keys are Python's to compute (storage.reference), such a row is
+# marked `keys_stale` (its keys cleared, so it never matches on keys that
+# are not its own) until `PostgresStorage.compute_stale_keys` fills them in.
+# imagelist's own writes compute the keys and say so (keys_stale = false). A
+# rename by anyone else makes the keys stale again. Rows without keys from
+# before this migration (written by SQL) are marked stale here.
+# BEFORE triggers fire in name order: this one must run before
+# images_entry_json renders the row, hence the leading digits. Idempotent,
+# like the migrations before it.
+ROW_DEFAULTS_SQL = """
+ALTER TABLE images ADD COLUMN IF NOT EXISTS keys_stale boolean NOT NULL DEFAULT false;
+ALTER TABLE images ALTER COLUMN keys_stale SET DEFAULT true;
+CREATE INDEX IF NOT EXISTS images_keys_stale ON images (id) WHERE keys_stale;
+-- Rows some other writer added since the keys were introduced have none.
+UPDATE images SET keys_stale = true WHERE norm_name IS NULL;
+CREATE OR REPLACE FUNCTION imagelist_row_defaults_v1() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.name := coalesce(NEW.name, '');
+    NEW.tags := coalesce(array_remove(NEW.tags, NULL), '{}');
+    IF TG_OP = 'INSERT' THEN
+        NEW.created_at := coalesce(NEW.created_at, now());
+        IF NEW.keys_stale THEN
+            NEW.norm_name := NULL;
+            NEW.digest := NULL;
+        END IF;
+    ELSE
+        NEW.created_at := coalesce(NEW.created_at, OLD.created_at);
+        IF NEW.id IS DISTINCT FROM OLD.id OR NEW.name IS DISTINCT FROM OLD.name THEN
+            NEW.keys_stale := true;
+            NEW.norm_name := NULL;
+            NEW.digest := NULL;
+        END IF;
+    END IF;
+    NEW.updated_at := coalesce(NEW.updated_at, now());
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS images_00_row_defaults ON images;
+CREATE TRIGGER images_00_row_defaults BEFORE INSERT OR UPDATE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagelist_row_defaults_v1();
+"""
+
 MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     """
     CREATE TABLE IF NOT EXISTS images (
@@ -133,6 +180,7 @@ MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     """,
     add_reference_keys,
     ENTRY_JSON_SQL,
+    ROW_DEFAULTS_SQL,
 )
 
 SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
@@ -141,12 +189,35 @@ VERSION_SQL = "SELECT coalesce(max(version), 0) FROM imagelist_schema"
 SET_VERSION_SQL = "DELETE FROM imagelist_schema; INSERT INTO imagelist_schema VALUES (%(v)s)"
 READ_ONLY_SQL = "SHOW transaction_read_only"
 
+# Tags NULL (a PUT without tags) keeps the entry as it is, as the Go service
+# did. The keys computed here are for the name in the request, so they
+# replace the stored ones only when that is the stored name (which fixes a
+# row another writer left without keys).
 UPSERT_SQL = f"""
-INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
-VALUES (%(id)s, %(name)s, %(norm_name)s, %(digest)s, %(tags)s::text[], now(), now())
-ON CONFLICT (id) DO UPDATE SET tags = EXCLUDED.tags,
-                               updated_at = greatest(now(), images.updated_at)
+INSERT INTO images (id, name, norm_name, digest, keys_stale, tags, created_at, updated_at)
+VALUES (%(id)s, %(name)s, %(norm_name)s, %(digest)s, false,
+        coalesce(%(tags)s::text[], '{{}}'), now(), now())
+ON CONFLICT (id) DO UPDATE SET
+    tags = coalesce(%(tags)s::text[], images.tags),
+    updated_at = CASE WHEN %(tags)s::text[] IS NULL THEN images.updated_at
+                      ELSE greatest(now(), images.updated_at) END,
+    norm_name = CASE WHEN images.name = EXCLUDED.name THEN EXCLUDED.norm_name
+                     ELSE images.norm_name END,
+    digest = CASE WHEN images.name = EXCLUDED.name THEN EXCLUDED.digest ELSE images.digest END,
+    keys_stale = images.keys_stale AND images.name <> EXCLUDED.name
 RETURNING {SELECT_COLUMNS}
+"""
+# A batch of rows another writer left without keys; SKIP LOCKED so that
+# instances sweeping at once share the work instead of repeating it.
+STALE_KEYS_SQL = """
+SELECT id, name FROM images WHERE keys_stale ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+"""
+# Only where the name is still the one the keys were computed from.
+SET_KEYS_SQL = """
+UPDATE images SET norm_name = k.norm_name, digest = k.digest, keys_stale = false
+FROM unnest(%(ids)s::text[], %(names)s::text[], %(norms)s::text[], %(digests)s::text[])
+     AS k(id, name, norm_name, digest)
+WHERE images.id = k.id AND images.name = k.name
 """
 GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = %(id)s"
 DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
@@ -346,6 +417,12 @@ class PostgresStorage(Storage):
 
     @staticmethod
     async def _migrate(cur: Any) -> None:
+        """Bring the schema up to date: one transaction under one lock, so
+        several instances starting at once migrate once, and a migration
+        that fails changes nothing (and is logged as applied by none)."""
+        started = time.monotonic()
+        applied: list[int] = []
+        adopted: int | None = None
         await cur.execute("BEGIN")
         try:
             await cur.execute(LOCK_SQL, {"key": MIGRATION_LOCK_KEY})
@@ -357,18 +434,29 @@ class PostgresStorage(Storage):
                 # not this (it would be cut off and retried for ever). The
                 # lock wait above stays bounded.
                 await cur.execute("SET LOCAL statement_timeout = 0")
+            if version == 0 and (await legacy.inspect_table(cur)).kind != "none":
+                # Not ours (ours comes with imagelist_schema): the Go
+                # service's table, converted to what migration 1 creates.
+                adopted = await legacy.adopt(cur)
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 if isinstance(script, str):
                     await cur.execute(script)
                 else:
                     await script(cur)
                 await cur.execute(SET_VERSION_SQL, {"v": number})
-                log.info("applied schema migration %d", number)
+                applied.append(number)
             await cur.execute("COMMIT")
         except BaseException:
             if not cur.connection.closed:
                 await cur.execute("ROLLBACK")
             raise
+        for number in applied:
+            log.info("applied schema migration %d", number)
+        if adopted is not None:
+            log.info(
+                "legacy_schema_adopted",
+                extra={"rows": adopted, "seconds": round(time.monotonic() - started, 3)},
+            )
 
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run `op(cursor)` on a pooled connection, first in first served."""
@@ -461,7 +549,7 @@ class PostgresStorage(Storage):
 
     @observed
     async def put(self, new: NewImage) -> Image:
-        params = {**write_params(new), "tags": list(new.tags)}
+        params = {**write_params(new), "tags": None if new.tags is None else list(new.tags)}
 
         async def op(cur: Any) -> tuple:
             await cur.execute(UPSERT_SQL, params)
@@ -526,3 +614,30 @@ class PostgresStorage(Storage):
         for row in await self._run(op):
             found[row[0]] = _row_to_image(row[1:])
         return found
+
+    @observed
+    async def compute_stale_keys(self, limit: int = KEYS_BATCH) -> int:
+        async def op(cur: Any) -> int:
+            await cur.execute("BEGIN")
+            try:
+                await cur.execute(STALE_KEYS_SQL, {"limit": limit})
+                rows = await cur.fetchall()
+                if rows:
+                    keys = [reference_keys(name, image_id) for image_id, name in rows]
+                    await cur.execute(
+                        SET_KEYS_SQL,
+                        {
+                            "ids": [image_id for image_id, _ in rows],
+                            "names": [name for _, name in rows],
+                            "norms": [norm for norm, _ in keys],
+                            "digests": [digest for _, digest in keys],
+                        },
+                    )
+                await cur.execute("COMMIT")
+            except BaseException:
+                if not cur.connection.closed:
+                    await cur.execute("ROLLBACK")
+                raise
+            return len(rows)
+
+        return await self._run(op)

@@ -94,11 +94,15 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     add_reference_keys,
 )
 
+# Tags NULL (a PUT without tags) keeps an existing entry as it is, as the Go
+# service did.
 UPSERT_SQL = f"""
 INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
-VALUES (:id, :name, :norm_name, :digest, :tags, :now, :now)
-ON CONFLICT (id) DO UPDATE SET tags = excluded.tags,
-                               updated_at = max(:now, images.updated_at)
+VALUES (:id, :name, :norm_name, :digest, coalesce(:tags, '[]'), :now, :now)
+ON CONFLICT (id) DO UPDATE SET
+    tags = coalesce(:tags, images.tags),
+    updated_at = CASE WHEN :tags IS NULL THEN images.updated_at
+                      ELSE max(:now, images.updated_at) END
 RETURNING {SELECT_COLUMNS}
 """
 GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = :id"
@@ -244,7 +248,7 @@ class SqliteStorage(Storage):
     async def put(self, new: NewImage) -> Image:
         params = {
             **write_params(new),
-            "tags": json.dumps(list(new.tags), ensure_ascii=False),
+            "tags": None if new.tags is None else json.dumps(list(new.tags), ensure_ascii=False),
             "now": _now_micros(),
         }
 

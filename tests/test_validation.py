@@ -9,14 +9,14 @@ from handlers.validation import parse_image
 from storage.model import NewImage
 
 GOOD = [
-    ({"id": "a", "name": "n"}, NewImage("a", "n", ())),
+    ({"id": "a", "name": "n"}, NewImage("a", "n", None)),
     (
         {"id": "sha256:" + "f" * 64, "name": "quay.io/x/y", "tags": ["1", "2", "1"]},
         NewImage("sha256:" + "f" * 64, "quay.io/x/y", ("1", "2")),
     ),
     ({"id": "x" * 255, "name": "n" * 255, "tags": []}, NewImage("x" * 255, "n" * 255, ())),
-    ({"id": "a", "name": "name with space", "tags": None}, NewImage("a", "name with space", ())),
-    ({"id": "a", "name": "n", "unknown": 1}, NewImage("a", "n", ())),
+    ({"id": "a", "name": "name with space", "tags": None}, NewImage("a", "name with space", None)),
+    ({"id": "a", "name": "n", "unknown": 1}, NewImage("a", "n", None)),
 ]
 
 BAD = [
