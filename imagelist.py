@@ -16,6 +16,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
+import upgrade
 from config import Config, ConfigError, load_config
 from config.logging import setup_logging
 from config.systemd import notify, watchdog_interval
@@ -92,7 +93,27 @@ def build_storage(config: Config, metrics: Metrics) -> Storage:
     )
 
 
+async def run_action(config: Config) -> int:
+    """`--migrate` / `--migrate-dry-run`: run against the database and exit."""
+    storage = build_storage(config, Metrics())
+    try:
+        return await upgrade.run(config.action, storage)
+    except StorageError as exc:
+        log.error("migrate_failed", storage=storage.kind, error=str(exc))
+        return 1
+    finally:
+        await storage.close()
+
+
 async def serve(config: Config) -> int:
+    if config.legacy_env:
+        log.warning(
+            "legacy_environment",
+            variables=list(config.legacy_env),
+            hint="the Go service's variables; rename each to IMAGELIST_<NAME>",
+        )
+    if config.action != "serve":
+        return await run_action(config)
     metrics = Metrics()
     try:
         tokens = load_tokens(config, metrics)

@@ -11,9 +11,9 @@ from tornado.iostream import StreamClosedError
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
 from handlers.paging import decode_cursor, encode_cursor, parse_limit
-from handlers.validation import check_id, check_name, parse_image
+from handlers.validation import check_name, lookup_id, parse_image
 from storage.base import position_of
-from storage.errors import StorageError
+from storage.errors import NotFound, StorageError
 from storage.model import DEFAULT_SORT, SORT_KEYS, Image, ListQuery, format_timestamp
 
 DEFAULT_PAGE = 100
@@ -116,12 +116,17 @@ class ImageHandler(BaseHandler):
     route = "/images/{id}"
 
     async def get(self, image_id: str) -> None:
-        image = await self.ctx.storage.get(check_id(image_id))
+        found = lookup_id(image_id)
+        if found is None:
+            raise NotFound(image_id)
+        image = await self.ctx.storage.get(found)
         self.write_json(image_json(image))
 
     async def delete(self, image_id: str) -> None:
         self.authorize_write()
-        await self.ctx.storage.delete(check_id(image_id))
+        found = lookup_id(image_id)
+        if found is not None:
+            await self.ctx.storage.delete(found)
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()

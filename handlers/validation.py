@@ -52,6 +52,14 @@ def check_id(value: Any, field: str = "id") -> str:
     return _check_string(field, value, spaces=False)
 
 
+def lookup_id(value: str) -> str | None:
+    """An id to read or delete: any id that can be stored, whatever wrote it.
+    The Go service and SQL writers accepted ids today's rules refuse (one
+    with a space, say); the rules apply to creating an id, not to finding
+    it. None when no stored id can be `value` (a NUL: no backend keeps one)."""
+    return None if "\x00" in value else value
+
+
 def check_name(value: Any, field: str = "name") -> str:
     return _check_string(field, value, spaces=True)
 

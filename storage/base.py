@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import orjson
 
 from storage.errors import NotFound
+from storage.legacy import Survey
 from storage.model import Image, JsonPage, ListQuery, NewImage, Position, to_micros
 from storage.reference import ImageRef, normalize_name
 
@@ -82,6 +83,15 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def survey(self) -> Survey:
+        """What migrating would find and do (`--migrate-dry-run`); changes nothing."""
+
+    async def migrate(self) -> None:
+        """Bring the schema up to date now, or raise: unlike `open`, a
+        database that is down is an error here (`imagelist --migrate`)."""
+        await self.open()
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -147,3 +147,56 @@ async def adopt(cur: Any) -> int:
     await cur.execute(COUNT_SQL)
     (rows,) = await cur.fetchone()
     return int(rows)
+
+
+# Each row as adoption would serve it (tags None where they cannot be
+# converted), for the dry run to check against today's rules.
+SURVEY_ROWS_SQL = """
+SELECT id, coalesce(name, ''),
+       CASE WHEN pg_temp.imagelist_tags_convert(tags::text)
+            THEN coalesce(array_remove(tags::text::text[], NULL), '{}') END
+FROM images ORDER BY id
+"""
+VERSION_SQL = """
+SELECT CASE WHEN to_regclass('imagelist_schema') IS NULL THEN 0
+            ELSE (SELECT coalesce(max(version), 0) FROM imagelist_schema) END
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What migrating would find and do; gathered without changing anything."""
+
+    #: "none" (empty database), "go" (the Go service's table), "imagelist",
+    #: or "unknown" (a table named images that is neither: refused).
+    schema: str
+    #: imagelist's schema version now, and the one migrating leads to.
+    version: int
+    latest: int
+    #: Per column, rows whose NULL adoption fills in (Go table only).
+    nulls: dict[str, int]
+    #: (id, tags as stored) of rows whose tags cannot be converted.
+    bad_tags: list[tuple[str, str]]
+    #: Every row (id, name, tags) as imagelist would serve it.
+    rows: list[tuple[str, str, tuple[str, ...] | None]]
+
+
+async def survey(cur: Any, latest: int) -> Survey:
+    """Look, change nothing: the caller runs this in a transaction it rolls
+    back (the check function lives in pg_temp and goes with it)."""
+    await cur.execute(VERSION_SQL)
+    (version,) = await cur.fetchone()
+    found = await inspect_table(cur)
+    schema = "imagelist" if version else found.kind
+    nulls: dict[str, int] = {}
+    bad: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, tuple[str, ...] | None]] = []
+    if schema in ("go", "imagelist"):
+        bad = await bad_tags(cur)
+        if schema == "go":
+            await cur.execute(NULLS_SQL)
+            counts = await cur.fetchone()
+            nulls = dict(zip(("tags", "name", "created_at", "updated_at"), counts, strict=True))
+        await cur.execute(SURVEY_ROWS_SQL)
+        rows = [(r[0], r[1], None if r[2] is None else tuple(r[2])) for r in await cur.fetchall()]
+    return Survey(schema, int(version), latest, nulls, bad, rows)

@@ -458,6 +458,39 @@ class PostgresStorage(Storage):
                 extra={"rows": adopted, "seconds": round(time.monotonic() - started, 3)},
             )
 
+    async def migrate(self) -> None:
+        try:
+            await self._get_pool()
+        except psycopg2.Error as exc:
+            raise StorageError(f"database error: {str(exc.pgerror or exc).strip()}") from exc
+
+    async def survey(self) -> legacy.Survey:
+        async def op(cur: Any) -> legacy.Survey:
+            await cur.execute("BEGIN")
+            try:
+                return await legacy.survey(cur, len(MIGRATIONS))
+            finally:
+                await cur.execute("ROLLBACK")
+
+        return await self._run_unmigrated(op)
+
+    async def _run_unmigrated(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(cursor)` on a connection of its own, without migrating
+        (the pool migrates on connect): for looking before migrating."""
+        errors = []
+        for dsn in self._hosts:
+            try:
+                async with (
+                    aiopg.connect(dsn, timeout=MIGRATION_TIMEOUT, enable_hstore=False) as conn,
+                    conn.cursor() as cur,
+                ):
+                    return await op(cur)
+            except _CONNECTION_ERRORS as exc:
+                errors.append(str(exc).strip() or type(exc).__name__)
+            except psycopg2.Error as exc:
+                raise StorageError(f"database error: {str(exc.pgerror or exc).strip()}") from exc
+        raise StorageUnavailable("database unavailable: " + "; ".join(errors))
+
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run `op(cursor)` on a pooled connection, first in first served."""
         # aiopg's pool hands a released connection to whichever task asks

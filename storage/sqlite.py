@@ -27,6 +27,7 @@ from storage.base import (
     warn_if_unmatchable,
 )
 from storage.errors import NotFound, StorageUnavailable
+from storage.legacy import Survey
 from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros, to_micros
 from storage.reference import ImageRef, reference_keys
 from storage.sql import (
@@ -108,6 +109,7 @@ RETURNING {SELECT_COLUMNS}
 GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = :id"
 DELETE_SQL = "DELETE FROM images WHERE id = :id"
 COUNT_SQL = "SELECT count(*) FROM images"
+SURVEY_SQL = "SELECT id, name, tags FROM images ORDER BY id"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f":{name}")
 LIST_JSON_SQL = all_list_sql(lambda name: f":{name}", SQLITE_JSON_COLUMN)
@@ -205,6 +207,29 @@ class SqliteStorage(Storage):
             self._conn = conn
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+
+    async def survey(self) -> Survey:
+        def look() -> Survey:
+            if not os.path.exists(self.path):
+                return Survey("none", 0, len(MIGRATIONS), {}, [], [])
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                rows = conn.execute(SURVEY_SQL).fetchall() if version else []
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
+            finally:
+                conn.close()
+            return Survey(
+                "imagelist" if version else "none",
+                version,
+                len(MIGRATIONS),
+                {},
+                [],
+                [(r[0], r[1], tuple(json.loads(r[2]))) for r in rows],
+            )
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, look)
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
