@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from handlers.errors import ApiError
 from handlers.validation import check_id, check_name, check_tags
 from storage import Storage
-from storage.legacy import ZERO_TIME, Survey
+from storage.legacy import Survey
 from storage.reference import normalize_name
 
 # Offending values printed per kind; the counts are always complete.
@@ -27,7 +27,9 @@ SCHEMAS = {
     "imagelist": "imagelist's own schema",
     "unknown": "a table named images that is neither imagelist's nor the Go service's: refused",
 }
-FILLS = {"tags": "[]", "name": '""', "created_at": ZERO_TIME, "updated_at": ZERO_TIME}
+# As the API will show them.
+ZERO = "0001-01-01T00:00:00.000000Z"
+FILLS = {"tags": "[]", "name": '""', "created_at": ZERO, "updated_at": ZERO}
 
 
 def _refusal(check: Callable[[Any], Any], value: Any) -> str | None:

@@ -157,10 +157,8 @@ SELECT id, coalesce(name, ''),
             THEN coalesce(array_remove(tags::text::text[], NULL), '{}') END
 FROM images ORDER BY id
 """
-VERSION_SQL = """
-SELECT CASE WHEN to_regclass('imagelist_schema') IS NULL THEN 0
-            ELSE (SELECT coalesce(max(version), 0) FROM imagelist_schema) END
-"""
+SCHEMA_TABLE_EXISTS_SQL = "SELECT to_regclass('imagelist_schema') IS NOT NULL"
+VERSION_SQL = "SELECT coalesce(max(version), 0) FROM imagelist_schema"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +182,11 @@ class Survey:
 async def survey(cur: Any, latest: int) -> Survey:
     """Look, change nothing: the caller runs this in a transaction it rolls
     back (the check function lives in pg_temp and goes with it)."""
-    await cur.execute(VERSION_SQL)
-    (version,) = await cur.fetchone()
+    version = 0
+    await cur.execute(SCHEMA_TABLE_EXISTS_SQL)
+    if (await cur.fetchone())[0]:
+        await cur.execute(VERSION_SQL)
+        (version,) = await cur.fetchone()
     found = await inspect_table(cur)
     schema = "imagelist" if version else found.kind
     nulls: dict[str, int] = {}
