@@ -540,3 +540,117 @@ def test_migrate_on_a_database_that_is_down_fails_clearly() -> None:
 def test_version_prints_the_version() -> None:
     done = run_cli("--version")
     assert done.returncode == 0 and done.stdout.startswith("imagelist ")
+
+
+# -- rows any writer adds decide admission within seconds --------------------
+
+
+def test_rows_the_go_service_writes_decide_admission_within_seconds(old_url) -> None:
+    with Daemon("--database-url", old_url) as daemon:
+        daemon.wait_for_log("legacy_schema_adopted")
+        go = GoService(old_url)
+        try:
+            go.put("rolling", "myorg/rolling", ["v1"])
+            written = time.monotonic()
+            # Bounded wait; README documents "within 2 seconds" for a burst
+            # of up to 1,000 rows (a one-second sweep plus one batch).
+            deadline = written + 15
+            while True:
+                status, body, _ = daemon.request("GET", q("myorg/rolling:v1"))
+                assert status == 200, body
+                if body["allowed"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert body["allowed"] is True
+            took = time.monotonic() - written
+            assert [e for e in daemon.logs() if e["event"] == "entry_keys_computed"]
+        finally:
+            go.close()
+        # Revoking through the Go service (a DELETE) needs no sweep.
+        go = GoService(old_url)
+        try:
+            go.run("delete", "rolling")
+        finally:
+            go.close()
+        assert daemon.request("GET", q("myorg/rolling:v1"))[1]["allowed"] is False
+    print(f"allowed {took:.2f} s after the Go service's write")
+
+
+# (environment, arguments) -> (database URL parts, Go variables named).
+OLD_DEFAULTS = {
+    "host": "localhost",
+    "port": "5432",
+    "user": "postgres",
+    "dbname": "imagelist",
+    "sslmode": "disable",
+}
+ENV_TABLE = [
+    ({"DBHOST": "db1"}, [], {**OLD_DEFAULTS, "host": "db1"}, ["DBHOST"]),
+    (
+        {"DBHOST": "db1", "DBPORT": "6543", "DBUSER": "u", "DBNAME": "n", "DBSSLMODE": "require"},
+        [],
+        {"host": "db1", "port": "6543", "user": "u", "dbname": "n", "sslmode": "require"},
+        ["DBHOST", "DBPORT", "DBUSER", "DBNAME", "DBSSLMODE"],
+    ),
+    # The old default password is not kept; a given one is used.
+    ({"DBPASSWORD": "pw"}, [], {**OLD_DEFAULTS, "password": "pw"}, ["DBPASSWORD"]),
+    # IMAGELIST_ variables win over the Go service's, and flags over both.
+    ({"DBHOST": "db1", "IMAGELIST_DBHOST": "db2"}, [], {**OLD_DEFAULTS, "host": "db2"}, []),
+    ({"DBHOST": "db1"}, ["--dbhost", "db3"], {**OLD_DEFAULTS, "host": "db3"}, []),
+    (
+        {"DBHOST": "db1", "IMAGELIST_DBNAME": "n2", "DBNAME": "n1"},
+        [],
+        {**OLD_DEFAULTS, "host": "db1", "dbname": "n2"},
+        ["DBHOST"],
+    ),
+    # The separate options only: a --database-url wins over them all.
+    ({"DBHOST": "db1"}, ["--database-url", "postgresql://x@h/d"], "postgresql://x@h/d", ["DBHOST"]),
+    # An empty Go variable is not set.
+    ({"DBHOST": ""}, [], None, []),
+    ({}, [], None, []),
+]
+
+
+@pytest.mark.parametrize(("env", "argv", "expected", "named"), ENV_TABLE)
+def test_the_go_environment_and_defaults(env, argv, expected, named) -> None:
+    from psycopg2.extensions import parse_dsn
+
+    from config import load_config
+
+    config = load_config(argv, env=env)
+    assert sorted(config.legacy_env) == sorted(named)
+    if expected is None:
+        assert config.storage_kind == "sqlite"
+    elif isinstance(expected, str):
+        assert config.database_url == expected
+    else:
+        assert parse_dsn(config.database_url) == expected
+
+
+def test_the_go_environment_for_everything_else(tmp_path) -> None:
+    from config import ConfigError, load_config
+
+    tokens, cert, key = (tmp_path / n for n in ("tokens.yaml", "cert.pem", "key.pem"))
+    for path in (tokens, cert, key):
+        path.write_text("x")
+    env = {
+        "LISTEN": "127.0.0.1:9001",
+        "TOKENS_FILE": str(tokens),
+        "CERTFILE": str(cert),
+        "KEYFILE": str(key),
+        "DEBUG": "true",
+    }
+    config = load_config([], env=env)
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 9001)
+    assert config.tokens_file == str(tokens)
+    assert (config.certfile, config.keyfile) == (str(cert), str(key))
+    assert config.debug is True
+    assert sorted(config.legacy_env) == sorted(env)
+    # Flags and IMAGELIST_ variables win.
+    config = load_config(
+        ["--listen", ":9002"], env={**env, "IMAGELIST_DEBUG": "false", "IMAGELIST_TOKENS_FILE": ""}
+    )
+    assert config.listen_port == 9002 and config.debug is False and config.tokens_file is None
+    assert sorted(config.legacy_env) == ["CERTFILE", "KEYFILE"]
+    with pytest.raises(ConfigError, match="DEBUG='maybe': expected true or false"):
+        load_config([], env={"DEBUG": "maybe"})
