@@ -48,6 +48,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+# Parser destinations that are commands, not settings: no environment
+# variable sets them (an environment file must never make the service a
+# one-shot command).
+COMMAND_LINE_ONLY = frozenset({"help", "version", "action"})
+
+
 class ConfigError(ValueError):
     """A bad option value; the message names the option."""
 
@@ -157,8 +163,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         )
 
     parser.add_argument("--version", "-version", action="version", version=f"imagelist {version()}")
-    # Actions, not settings: command line only, so that an environment file
-    # can never turn the service into a one-shot command.
+    # COMMAND_LINE_ONLY: actions, not settings.
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument(
         "--migrate",
