@@ -27,18 +27,10 @@ import psycopg2.extras
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from storage.legacy import GO_SERVICE_DDL  # noqa: E402
+
 from pgcluster import PgCluster, create_database  # noqa: E402
 
-OLD_DDL = """
-CREATE TABLE public.images (
-    created_at timestamp with time zone,
-    updated_at timestamp with time zone,
-    id character varying(255) NOT NULL,
-    name text,
-    tags character varying(100)
-);
-ALTER TABLE ONLY public.images ADD CONSTRAINT images_pkey PRIMARY KEY (id);
-"""
 FILL = """
 INSERT INTO images
 SELECT CASE WHEN n %% 100 = 0 THEN NULL ELSE now() - n * interval '1 second' END,
@@ -61,7 +53,7 @@ def main() -> int:
         url = create_database(cluster.url(), "imagelist_adopt")
         conn = psycopg2.connect(url)
         with conn, conn.cursor() as cur:
-            cur.execute(OLD_DDL)
+            cur.execute(GO_SERVICE_DDL)
             cur.execute(FILL, {"rows": args.rows})
         conn.close()
         started = time.monotonic()

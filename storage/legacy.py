@@ -29,6 +29,19 @@ from typing import Any
 
 from storage.errors import StorageError
 
+# The table exactly as the Go service's gorm AutoMigrate created it (for
+# reference, the tests and bench/adopt.py; adoption only reads its shape).
+GO_SERVICE_DDL = """
+CREATE TABLE public.images (
+    created_at timestamp with time zone,
+    updated_at timestamp with time zone,
+    id character varying(255) NOT NULL,
+    name text,
+    tags character varying(100)
+);
+ALTER TABLE ONLY public.images ADD CONSTRAINT images_pkey PRIMARY KEY (id);
+"""
+
 # What the Go service showed for a NULL timestamp (Go's zero time.Time).
 ZERO_TIME = "0001-01-01 00:00:00+00"
 

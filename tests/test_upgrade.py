@@ -22,21 +22,12 @@ import psycopg2
 import pytest
 
 from storage import NewImage, create_storage
+from storage.legacy import GO_SERVICE_DDL
 from storage.postgres import MIGRATIONS
 
 from conftest import ROOT, create_database
 from daemon import Daemon
 
-OLD_DDL = """
-CREATE TABLE public.images (
-    created_at timestamp with time zone,
-    updated_at timestamp with time zone,
-    id character varying(255) NOT NULL,
-    name text,
-    tags character varying(100)
-);
-ALTER TABLE ONLY public.images ADD CONSTRAINT images_pkey PRIMARY KEY (id);
-"""
 ZERO = "0001-01-01T00:00:00.000000Z"
 T1 = "2017-10-27T16:51:06.698062Z"
 T2 = "2019-03-01T08:00:00.000001Z"
@@ -103,7 +94,7 @@ def old_database(server_url: str, rows: list[tuple[Any, ...]] | None = None) -> 
     url = create_database(server_url, f"imagelist_old_{uuid.uuid4().hex[:8]}")
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cur:
-        cur.execute(OLD_DDL)
+        cur.execute(GO_SERVICE_DDL)
         for row in [r for r, _ in OLD_ROWS] if rows is None else rows:
             cur.execute("INSERT INTO images VALUES (%s, %s, %s, %s, %s)", row)
     conn.close()
@@ -351,6 +342,26 @@ async def test_a_rename_by_sql_moves_admission_to_the_new_name(api, ctx, old_url
     assert (await api.get(q("myorg/psql:v9"))).json["allowed"] is True
     entry = (await api.get("/images/psql")).json
     assert entry["created_at"] != ZERO  # a NULL from SQL now means "now"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_empty_old_table_is_adopted_and_writable_by_both(pg_server_url) -> None:
+    url = old_database(pg_server_url, rows=[])
+    store = create_storage(url)
+    await store.open()
+    try:
+        await store.put(NewImage("mine", "myorg/app", ("v1",)))
+        go = GoService(url)
+        try:
+            go.put("theirs", "myorg/app", None)
+            go.put("mine", "ignored", ["v2"])
+        finally:
+            go.close()
+        assert (await store.get("theirs")).tags == ()
+        assert (await store.get("mine")).tags == ("v2",)
+        assert await store.count() == 2
+    finally:
+        await store.close()
 
 
 # -- atomic, once, idempotent ---------------------------------------------
