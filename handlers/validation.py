@@ -52,11 +52,19 @@ def check_id(value: Any, field: str = "id") -> str:
     return _check_string(field, value, spaces=False)
 
 
+# The longest key PostgreSQL's primary-key index takes, in bytes: no stored
+# id is longer, whoever wrote it.
+MAX_STORED_ID_BYTES = 2704
+
+
 def lookup_id(value: str) -> str | None:
     """An id to read or delete: any id that can be stored, whatever wrote it.
     The Go service and SQL writers accepted ids today's rules refuse (one
     with a space, say); the rules apply to creating an id, not to finding
-    it. None when no stored id can be `value` (a NUL: no backend keeps one)."""
+    it. None when no stored id can be `value` (a NUL: no backend keeps one);
+    400 when it is longer than any stored id can be."""
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_STORED_ID_BYTES:
+        raise ApiError(400, "id is longer than any stored id can be", {"field": "id"})
     return None if "\x00" in value else value
 
 
