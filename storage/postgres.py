@@ -484,6 +484,10 @@ class PostgresStorage(Storage):
                     aiopg.connect(dsn, timeout=MIGRATION_TIMEOUT, enable_hstore=False) as conn,
                     conn.cursor() as cur,
                 ):
+                    if self._want_rw:
+                        await cur.execute(READ_ONLY_SQL)
+                        if (await cur.fetchone())[0] == "on":
+                            raise psycopg2.OperationalError("server is read-only")
                     return await op(cur)
             except _CONNECTION_ERRORS as exc:
                 errors.append(str(exc).strip() or type(exc).__name__)

@@ -396,7 +396,7 @@ def test_adoption_that_fails_half_way_changes_nothing(old_url) -> None:
     sql(old_url, "DROP TRIGGER poison ON images")
     with Daemon("--database-url", old_url) as again:
         adopted = again.wait_for_log("legacy_schema_adopted")
-        assert adopted["rows"] == len(EXPECTED)
+        assert adopted["rows"] == len(EXPECTED) and adopted["seconds"] > 0
         status, body, _ = again.request("GET", "/images/notags")
         assert status == 200 and body == EXPECTED["notags"]
 
@@ -665,3 +665,16 @@ def test_the_go_environment_for_everything_else(tmp_path) -> None:
     assert sorted(config.legacy_env) == ["CERTFILE", "KEYFILE"]
     with pytest.raises(ConfigError, match="DEBUG='maybe': expected true or false"):
         load_config([], env={"DEBUG": "maybe"})
+
+
+def test_dry_run_wants_a_writable_server_when_the_dsn_says_so(old_url) -> None:
+    name = urllib.parse.urlsplit(old_url).path.lstrip("/")
+    conn = psycopg2.connect(old_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    conn.close()
+    dsn = old_url + "?target_session_attrs=read-write"
+    done = run_cli("--migrate-dry-run", "--database-url", dsn)
+    assert done.returncode == 1
+    assert "server is read-only" in done.stdout, done.stdout
