@@ -123,6 +123,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog=(
             "Every option can also be set from the environment as IMAGELIST_<OPTION>, "
             "e.g. IMAGELIST_DBHOST=db1 or IMAGELIST_DEBUG=true; a command-line flag wins. "
+            "The Go service's variables (DBHOST, DBPORT, DBUSER, DBPASSWORD, DBNAME, "
+            "DBSSLMODE, TOKENS_FILE, CERTFILE, KEYFILE, LISTEN, DEBUG) are read where "
+            "neither is set. "
             "Storage: PostgreSQL when --database-url names one or any --db* option is "
             "given, else an embedded SQLite file (default: $STATE_DIRECTORY/imagelist.db "
             "under systemd, else ~/.local/share/imagelist/imagelist.db)."
