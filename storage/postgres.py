@@ -122,7 +122,8 @@ UPDATE images SET entry_json = NULL;
 
 # Migration 4: rows from writers other than imagelist (the Go service during
 # a rolling upgrade or after a rollback, an admin's psql). Their NULLs are
-# filled as the Go service showed them, so every row reads back; and since
+# filled (tags [], name "", a missing timestamp "now"), so every row reads
+# back; and since
 # their match keys are Python's to compute (storage.reference), such a row is
 # marked `keys_stale` (its keys cleared, so it never matches on keys that
 # are not its own) until `PostgresStorage.compute_stale_keys` fills them in.
