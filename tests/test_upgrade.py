@@ -23,6 +23,7 @@ import pytest
 
 from storage import NewImage, create_storage
 from storage.legacy import GO_SERVICE_DDL
+from storage.model import format_timestamp
 from storage.postgres import MIGRATIONS
 
 from conftest import ROOT, create_database
@@ -276,6 +277,55 @@ class GoService:
 
     def close(self) -> None:
         self.conn.close()
+
+    def view(self) -> dict[str, dict[str, Any]]:
+        """Every entry as the Go service showed it (`SELECT *`, its list),
+        in imagelist's rendering: tags parsed from the literal as lib/pq
+        does (here by the server's own array input), [] for none; NULL
+        timestamps as the Go zero time, a NULL name as ""."""
+        with self.conn.cursor() as cur:
+            cur.execute("EXECUTE go_all")
+            columns = [d[0] for d in cur.description]
+            rows = [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+            shown = {}
+            for row in rows:
+                tags = row["tags"]
+                if isinstance(tags, str):  # the old varchar column
+                    cur.execute("SELECT %s::text[]", (tags,))
+                    (tags,) = cur.fetchone()
+                shown[row["id"]] = {
+                    "id": row["id"],
+                    "name": row["name"] or "",
+                    "tags": tags or [],
+                    **{
+                        col: ZERO if row[col] is None else format_timestamp(row[col])
+                        for col in ("created_at", "updated_at")
+                    },
+                }
+        return shown
+
+
+def test_the_api_after_adoption_is_what_the_go_service_showed_before(old_url) -> None:
+    go = GoService(old_url)
+    try:
+        before = go.view()
+    finally:
+        go.close()
+    assert before == EXPECTED
+    with Daemon("--database-url", old_url) as daemon:
+        daemon.wait_for_log("legacy_schema_adopted")
+        status, listed, _ = daemon.request("GET", "/images")
+        assert status == 200 and len(listed) == len(before)
+        assert {e["id"]: e for e in listed} == before
+        for image_id, entry in before.items():
+            assert daemon.request("GET", image_path(image_id))[1] == entry
+    # ...and the Go service, started again on the adopted table, still sees
+    # exactly what it saw (a rollback).
+    go = GoService(old_url)
+    try:
+        assert go.view() == before
+    finally:
+        go.close()
 
 
 @pytest.mark.gen_test(timeout=60)
