@@ -15,11 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from config import load_config  # noqa: E402
-from handlers import AppContext, make_app  # noqa: E402
-from handlers.metrics import Metrics  # noqa: E402
-from imagelist import build_storage  # noqa: E402
+from handlers import AppContext  # noqa: E402
+from imagelist import RunningApp  # noqa: E402
 
+from helpers import running_app  # noqa: E402
 from pgcluster import PgCluster, create_database  # noqa: E402
 
 EXTERNAL_PG = os.environ.get("IMAGELIST_TEST_DATABASE_URL")
@@ -82,10 +81,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def make_config(database_url: str, *extra: str):
-    return load_config(["--database-url", database_url, *extra], env={})
-
-
 @pytest.fixture
 def app_options() -> list[str]:
     """Extra command-line options for the app under test (override per module)."""
@@ -93,25 +88,31 @@ def app_options() -> list[str]:
 
 
 @pytest.fixture
-def ctx(database_url: str, app_options: list[str], io_loop) -> Iterator[AppContext]:
-    config = make_config(
-        database_url, "--db-timeout", "2", "--db-connect-timeout", "1", *app_options
-    )
-    metrics = Metrics()
-    storage = build_storage(config, metrics)
-    io_loop.run_sync(storage.open)
-    context = AppContext(config=config, storage=storage, metrics=metrics)
-    yield context
-    io_loop.run_sync(storage.close)
+def running(database_url: str, app_options: list[str], io_loop) -> Iterator[RunningApp]:
+    """The app under test, opened and closed by the daemon's own assembly."""
+    opened = running_app(database_url, *app_options)
+    yield io_loop.run_sync(opened.__aenter__)
+    io_loop.run_sync(lambda: opened.__aexit__(None, None, None))
 
 
 @pytest.fixture
-def app(ctx: AppContext):
-    return make_app(ctx)
+def ctx(running: RunningApp) -> AppContext:
+    return running.ctx
 
 
 @pytest.fixture
-def api(app, http_client, base_url):
+def http_server(running: RunningApp):
+    """Replaces pytest-tornado's: the assembly's own server."""
+    return running.server
+
+
+@pytest.fixture
+def base_url(running: RunningApp) -> str:
+    return running.url
+
+
+@pytest.fixture
+def api(http_client, base_url):
     from client import Client
 
     return Client(http_client, base_url)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
 from prometheus_client.openmetrics.parser import (
@@ -15,32 +15,10 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
-
-from handlers import AppContext, make_app
-from handlers.metrics import Metrics
-from imagelist import build_storage
 
 from client import Client
-from conftest import make_config
+from helpers import running_app
 from pgcluster import create_database
-
-
-async def open_ctx(database_url: str, *options: str) -> AppContext:
-    """The app as main() wires it: storage reports to the app's Metrics."""
-    config = make_config(database_url, "--db-timeout", "2", "--db-connect-timeout", "1", *options)
-    metrics = Metrics()
-    storage = build_storage(config, metrics)
-    await storage.open()
-    return AppContext(config=config, storage=storage, metrics=metrics)
-
-
-@pytest.fixture
-def ctx(database_url: str, app_options: list[str], io_loop) -> Iterator[AppContext]:
-    context = io_loop.run_sync(lambda: open_ctx(database_url, *app_options))
-    yield context
-    io_loop.run_sync(context.storage.close)
 
 
 def samples(text: str) -> list[Sample]:
@@ -165,27 +143,23 @@ async def test_openmetrics_when_the_scraper_asks(api) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_stored_images_keep_last_value_while_database_is_down(pg_cluster, io_loop) -> None:
-    ctx = await open_ctx(create_database(pg_cluster.url(), "imagelist_metrics"))
-    server = HTTPServer(make_app(ctx))
-    sock, port = bind_unused_port()
-    server.add_sockets([sock])
+    url = create_database(pg_cluster.url(), "imagelist_metrics")
     http = AsyncHTTPClient(force_instance=True)
-    api = Client(http, f"http://127.0.0.1:{port}")
-    try:
-        for n in range(2):
-            assert (await api.put({"id": str(n), "name": "n"})).status == 200
-        assert value(await scrape(api), "imagelist_images_stored") == 2
-        pg_cluster.stop("immediate")
-        text = await scrape(api)  # still 200, and promptly (bounded count)
-        assert value(text, "imagelist_images_stored") == 2
-        assert value(text, "imagelist_database_up") == 0
-        assert value(text, "imagelist_db_pool_connections") == 0
-        errors = value(
-            text, "imagelist_db_query_duration_seconds_count", operation="count", outcome="error"
-        )
-        assert errors >= 1
-    finally:
-        http.close()
-        server.stop()
-        await server.close_all_connections()
-        await ctx.storage.close()
+    with closing(http):
+        async with running_app(url) as running:
+            api = Client(http, running.url)
+            for n in range(2):
+                assert (await api.put({"id": str(n), "name": "n"})).status == 200
+            assert value(await scrape(api), "imagelist_images_stored") == 2
+            pg_cluster.stop("immediate")
+            text = await scrape(api)  # still 200, and promptly (bounded count)
+            assert value(text, "imagelist_images_stored") == 2
+            assert value(text, "imagelist_database_up") == 0
+            assert value(text, "imagelist_db_pool_connections") == 0
+            errors = value(
+                text,
+                "imagelist_db_query_duration_seconds_count",
+                operation="count",
+                outcome="error",
+            )
+            assert errors >= 1
