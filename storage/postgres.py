@@ -31,14 +31,14 @@ from storage.base import (
     warn_if_unmatchable,
 )
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
+from storage.migrations import POSTGRES, KeyBackfill
 from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
-from storage.reference import ImageRef, reference_keys
+from storage.reference import ImageRef
 from storage.sql import (
     SELECT_COLUMNS,
     all_list_sql,
     list_key,
     list_params,
-    postgres_entry_json,
     write_params,
 )
 
@@ -55,85 +55,29 @@ MIGRATION_TIMEOUT = 3600.0
 # Serialises schema changes across every instance sharing the database.
 MIGRATION_LOCK_KEY = 0x696D676C  # "imgl"
 
-REFERENCE_KEYS_SQL = """
-ALTER TABLE images ADD COLUMN IF NOT EXISTS norm_name text COLLATE "C";
-ALTER TABLE images ADD COLUMN IF NOT EXISTS digest text COLLATE "C";
-CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest);
-"""
-BACKFILL_PAGE_SQL = "SELECT id, name FROM images WHERE id > %(after)s ORDER BY id LIMIT %(limit)s"
-BACKFILL_SET_SQL = """
+KEYS_PAGE_SQL = "SELECT id, name FROM images WHERE id > %(after)s ORDER BY id LIMIT %(limit)s"
+SET_KEYS_SQL = """
 UPDATE images SET norm_name = k.norm_name, digest = k.digest
 FROM unnest(%(ids)s::text[], %(names)s::text[], %(digests)s::text[]) AS k(id, norm_name, digest)
 WHERE images.id = k.id
 """
-BACKFILL_PAGE = 1000
 
 
-async def add_reference_keys(cur: Any) -> None:
-    """Migration 2: each entry's normalized name and digest, indexed, so an
-    admission decision is one index lookup. The normalization is the Python
-    reference grammar, so existing rows are backfilled from here, page by
-    page in id order (inside the migration transaction and lock)."""
-    await cur.execute(REFERENCE_KEYS_SQL)
-    after, unmatchable = "", 0
-    while True:
-        await cur.execute(BACKFILL_PAGE_SQL, {"after": after, "limit": BACKFILL_PAGE})
-        rows = await cur.fetchall()
-        if not rows:
-            break
-        keys = [reference_keys(name, image_id) for image_id, name in rows]
-        unmatchable += sum(1 for norm, _ in keys if norm is None)
+async def recompute_keys(cur: Any) -> None:
+    """Every entry's reference keys, page by page in id order (inside the
+    migration's transaction and lock)."""
+    backfill = KeyBackfill()
+
+    async def page() -> list[tuple[str, str]]:
+        await cur.execute(KEYS_PAGE_SQL, backfill.page_params())
+        return list(await cur.fetchall())
+
+    while keys := backfill.plan(await page()):
+        ids, names, digests = zip(*keys, strict=True)
         await cur.execute(
-            BACKFILL_SET_SQL,
-            {
-                "ids": [image_id for image_id, _ in rows],
-                "names": [norm for norm, _ in keys],
-                "digests": [digest for _, digest in keys],
-            },
-        )
-        after = rows[-1][0]
-    if unmatchable:
-        log.warning(
-            "%d stored entries have a name that is not a repository name; "
-            "they will never match an admission decision",
-            unmatchable,
+            SET_KEYS_SQL, {"ids": list(ids), "names": list(names), "digests": list(digests)}
         )
 
-
-# Migration 3: each entry's API JSON, kept by a trigger on every write (by
-# any instance, any version, or an admin's psql) and backfilled here. Reading
-# it back makes a list page a plain index scan: building the JSON at read
-# time cost PostgreSQL more CPU than the daemon spent serving the list.
-ENTRY_JSON_SQL = f"""
-ALTER TABLE images ADD COLUMN IF NOT EXISTS entry_json text;
-CREATE OR REPLACE FUNCTION imagelist_entry_json() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.entry_json := {postgres_entry_json("NEW.")};
-    RETURN NEW;
-END
-$$;
-DROP TRIGGER IF EXISTS images_entry_json ON images;
-CREATE TRIGGER images_entry_json BEFORE INSERT OR UPDATE ON images
-    FOR EACH ROW EXECUTE FUNCTION imagelist_entry_json();
-UPDATE images SET entry_json = NULL;
-"""
-
-MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
-    """
-    CREATE TABLE IF NOT EXISTS images (
-        id          text COLLATE "C" PRIMARY KEY,
-        name        text COLLATE "C" NOT NULL,
-        tags        text[] NOT NULL DEFAULT '{}',
-        created_at  timestamptz NOT NULL,
-        updated_at  timestamptz NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS images_updated_at ON images (updated_at, id);
-    CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
-    CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
-    """,
-    add_reference_keys,
-    ENTRY_JSON_SQL,
-)
 
 SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
 LOCK_SQL = "SELECT pg_advisory_xact_lock(%(key)s)"
@@ -352,18 +296,17 @@ class PostgresStorage(Storage):
             await cur.execute(SCHEMA_TABLE_SQL)
             await cur.execute(VERSION_SQL)
             (version,) = await cur.fetchone()
-            if version < len(MIGRATIONS):
+            if version < len(POSTGRES):
                 # A migration rewrites every row: --db-timeout bounds queries,
                 # not this (it would be cut off and retried for ever). The
                 # lock wait above stays bounded.
                 await cur.execute("SET LOCAL statement_timeout = 0")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                if isinstance(script, str):
-                    await cur.execute(script)
-                else:
-                    await script(cur)
+            for number, migration in enumerate(POSTGRES[version:], start=version + 1):
+                await cur.execute(migration.sql)
+                if migration.recompute_keys:
+                    await recompute_keys(cur)
                 await cur.execute(SET_VERSION_SQL, {"v": number})
-                log.info("applied schema migration %d", number)
+                log.info("schema_migrated", extra={"version": number})
             await cur.execute("COMMIT")
         except BaseException:
             if not cur.connection.closed:

@@ -22,21 +22,8 @@ SELECT_COLUMNS = "id, name, tags, created_at, updated_at"
 # Each entry as the API's JSON object, built by the database: a whole list
 # is then joined text in Python rather than rows turned into objects turned
 # into JSON (several times the CPU per entry, bench/). The same compact form
-# orjson writes, timestamps with all six fractional digits (SPEC 1).
-_PG_TIMESTAMP = """to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-
-
-def postgres_entry_json(row: str = "") -> str:
-    """The expression, on the columns of `row` ("NEW." in a trigger)."""
-    return (
-        f"""'{{"id":' || to_json({row}id)::text || ',"name":' || to_json({row}name)::text"""
-        f""" || ',"tags":' || array_to_json({row}tags)::text"""
-        f""" || ',"created_at":"' || {_PG_TIMESTAMP.format(column=row + "created_at")}"""
-        f""" || '","updated_at":"' || {_PG_TIMESTAMP.format(column=row + "updated_at")}"""
-        """ || '"}'"""
-    )
-
-
+# orjson writes, timestamps with all six fractional digits. PostgreSQL keeps
+# it in a trigger-maintained column (storage/migrations.py).
 # SQLite keeps microseconds since the epoch; strftime has no microseconds.
 SQLITE_JSON_COLUMN = """json_object('id', id, 'name', name, 'tags', json(tags),
  'created_at', strftime('%Y-%m-%dT%H:%M:%S', created_at / 1000000, 'unixepoch')

@@ -27,8 +27,9 @@ from storage.base import (
     warn_if_unmatchable,
 )
 from storage.errors import NotFound, StorageUnavailable
+from storage.migrations import SQLITE, KeyBackfill, statements
 from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros, to_micros
-from storage.reference import ImageRef, reference_keys
+from storage.reference import ImageRef
 from storage.sql import (
     SELECT_COLUMNS,
     SQLITE_JSON_COLUMN,
@@ -41,58 +42,19 @@ from storage.sql import (
 T = TypeVar("T")
 log = logging.getLogger("imagelist.storage")
 
-REFERENCE_KEYS_SQL = (
-    "ALTER TABLE images ADD COLUMN norm_name TEXT",
-    "ALTER TABLE images ADD COLUMN digest TEXT",
-    "CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest)",
-)
-BACKFILL_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
-BACKFILL_SET_SQL = "UPDATE images SET norm_name = :norm_name, digest = :digest WHERE id = :id"
-BACKFILL_PAGE = 1000
+KEYS_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
+SET_KEYS_SQL = "UPDATE images SET norm_name = ?, digest = ? WHERE id = ?"
 
 
-def add_reference_keys(conn: sqlite3.Connection) -> None:
-    """Migration 2: each entry's normalized name and digest, indexed, so an
-    admission decision is one index lookup; existing rows are backfilled
-    here because the normalization is the Python reference grammar."""
-    for statement in REFERENCE_KEYS_SQL:
-        conn.execute(statement)
-    after, unmatchable = "", 0
-    while True:
-        rows = conn.execute(BACKFILL_PAGE_SQL, {"after": after, "limit": BACKFILL_PAGE}).fetchall()
-        if not rows:
-            break
-        updates = []
-        for image_id, name in rows:
-            norm_name, digest = reference_keys(name, image_id)
-            unmatchable += norm_name is None
-            updates.append({"id": image_id, "norm_name": norm_name, "digest": digest})
-        conn.executemany(BACKFILL_SET_SQL, updates)
-        after = rows[-1][0]
-    if unmatchable:
-        log.warning(
-            "%d stored entries have a name that is not a repository name; "
-            "they will never match an admission decision",
-            unmatchable,
+def recompute_keys(conn: sqlite3.Connection) -> None:
+    """Every entry's reference keys, page by page in id order (inside the
+    migration's transaction)."""
+    backfill = KeyBackfill()
+    while keys := backfill.plan(conn.execute(KEYS_PAGE_SQL, backfill.page_params()).fetchall()):
+        conn.executemany(
+            SET_KEYS_SQL, [(norm, digest, entry_id) for entry_id, norm, digest in keys]
         )
 
-
-# Versioned migrations, applied in order; PRAGMA user_version records progress.
-MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
-    """
-    CREATE TABLE IF NOT EXISTS images (
-        id          TEXT PRIMARY KEY,
-        name        TEXT NOT NULL,
-        tags        TEXT NOT NULL,      -- JSON array of strings
-        created_at  INTEGER NOT NULL,   -- microseconds since the epoch, UTC
-        updated_at  INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS images_updated_at ON images (updated_at, id);
-    CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
-    CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
-    """,
-    add_reference_keys,
-)
 
 UPSERT_SQL = f"""
 INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
@@ -207,13 +169,11 @@ class SqliteStorage(Storage):
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                if isinstance(script, str):
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                else:
-                    script(conn)
+            for number, migration in enumerate(SQLITE[version:], start=version + 1):
+                for statement in statements(migration.sql):
+                    conn.execute(statement)
+                if migration.recompute_keys:
+                    recompute_keys(conn)
                 conn.execute(f"PRAGMA user_version = {number:d}")
             conn.execute("COMMIT")
         except BaseException:

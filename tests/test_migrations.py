@@ -1,17 +1,92 @@
-"""Schema creation at start-up, including several instances at once."""
+"""Schema history: released migrations never change, a changed reference
+normalization comes with a migration that recomputes keys, and schema
+creation at start-up works with several instances at once."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 
 import psycopg2
 import pytest
 
 from storage import NewImage, create_storage
-from storage.postgres import MIGRATIONS
+from storage.migrations import POSTGRES, SQLITE, Migration
+from storage.reference import reference_keys
 
-from conftest import create_database
+from pgcluster import create_database
+
+# SHA-256 of every released migration's frozen text, per backend, in order.
+# Append the digest of a new migration when it is released; never edit one.
+RELEASED = {
+    "postgres": [
+        "9a1bc7bb4e60e920fbe4b0a3e200f630a4ddd787c95f802e6ea34e9ba9e1c7f4",
+        "abf00fc4bbf1dc118776c88a24f79352e8640d278d6fcf90dcfed909d150bbeb",
+        "0f5d3c3f4af29e55df07adfcb3e6150cab400d386d7bd823901d4e9ed08c02d0",
+        "789ed047fb7fe8d5436cc822280798e47c04449e68d03fd27c185e9bb45c0a4b",
+    ],
+    "sqlite": [
+        "6586c257ab619afa73f818f36bb63176464b5ddcc36b0a7049424e6299f32a31",
+        "8783e96e74a5f01ea6aa9f77595cc2d14e271028e2116f95b3e520567af288ca",
+    ],
+}
+BACKENDS = {"postgres": POSTGRES, "sqlite": SQLITE}
+
+
+def digest(migration: Migration) -> str:
+    return hashlib.sha256(migration.frozen_text().encode()).hexdigest()
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_released_migrations_never_change(backend: str) -> None:
+    migrations = BACKENDS[backend]
+    released = RELEASED[backend]
+    assert len(migrations) >= len(released), "a released migration was removed"
+    for number, expected in enumerate(released, start=1):
+        assert digest(migrations[number - 1]) == expected, (
+            f"{backend} migration {number} changed after its release: add a new migration instead"
+        )
+    unrecorded = [digest(m) for m in migrations[len(released) :]]
+    assert not unrecorded, f"record the new {backend} migrations in RELEASED: {unrecorded}"
+
+
+# What reference_keys() answers for a sample of names and ids, hashed, for
+# each migration that recomputes the keys: the normalization that migration
+# stored. A different answer today means stored keys are stale.
+KEY_SAMPLES = [
+    ("nginx", "ab" * 32),
+    ("library/nginx", "sha256:" + "ab" * 32),
+    ("docker.io/myorg/apache2", "sha384:" + "cd" * 48),
+    ("index.docker.io/library/redis", "legacy"),
+    ("quay.io/foo/app", "quay.io/foo/app@sha256:" + "ef" * 32),
+    ("localhost:5000/a/b", "other/repo@sha512:" + "01" * 64),
+    ("Not A Repo", "x"),
+    ("nginx:1.25", "AB" * 32),
+    ("myorg/app@sha256:" + "ab" * 32, "not-a-digest@sha256:zz"),
+    ("registry.example.com:443/team/app", "sha256:" + "ab" * 31),
+]
+NORMALIZATIONS = {
+    # backend -> {migration number with recompute_keys: digest of the answers}
+    "postgres": {2: "1022b4d3276442ba92d7be045150da4b9f062f67ec4ba8b2fa0b9ff623adbbdc"},
+    "sqlite": {2: "1022b4d3276442ba92d7be045150da4b9f062f67ec4ba8b2fa0b9ff623adbbdc"},
+}
+
+
+def normalization_digest() -> str:
+    answers = [reference_keys(name, entry_id) for name, entry_id in KEY_SAMPLES]
+    return hashlib.sha256(repr(answers).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_changed_normalization_comes_with_a_migration(backend: str) -> None:
+    recomputing = [n for n, m in enumerate(BACKENDS[backend], start=1) if m.recompute_keys]
+    assert sorted(NORMALIZATIONS[backend]) == recomputing
+    assert NORMALIZATIONS[backend][recomputing[-1]] == normalization_digest(), (
+        "reference_keys() answers differently from when the keys were last "
+        f"recomputed: append a {backend} migration with recompute_keys=True and "
+        "record this digest for it"
+    )
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -28,7 +103,7 @@ async def test_instances_starting_together_migrate_once(pg_server_url: str) -> N
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
         cur.execute("SELECT version FROM imagelist_schema")
-        assert cur.fetchall() == [(len(MIGRATIONS),)]
+        assert cur.fetchall() == [(len(POSTGRES),)]
     conn.close()
 
 

@@ -10,7 +10,8 @@ import psycopg2
 import pytest
 
 from storage import StorageUnavailable, create_storage
-from storage.postgres import MIGRATION_LOCK_KEY, MIGRATIONS
+from storage.migrations import POSTGRES
+from storage.postgres import MIGRATION_LOCK_KEY
 
 from conftest import reset_postgres
 from daemon import storage_refusal
@@ -108,7 +109,7 @@ async def test_a_migration_may_take_longer_than_the_query_timeout(pg_server_url:
     conn = psycopg2.connect(url)
     with conn, conn.cursor() as cur:
         cur.execute("SELECT version FROM imagelist_schema")
-        assert cur.fetchall() == [(len(MIGRATIONS),)]
+        assert cur.fetchall() == [(len(POSTGRES),)]
         cur.execute("SELECT count(*) FROM images WHERE entry_json IS NULL")
         assert cur.fetchone() == (0,)
     conn.close()
