@@ -131,7 +131,7 @@ CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest)
 )
 
 
-def statements(sql: str) -> list[str]:
+def split_statements(sql: str) -> list[str]:
     """A migration's statements, for drivers that run one at a time. The
     migrations split here hold no `;` inside a statement."""
     return [s for s in sql.split(";") if s.strip()]

@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiopg
@@ -22,25 +22,12 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import (
-    PoolStats,
-    QueryObserver,
-    Storage,
-    json_page,
-    observed,
-    warn_if_unmatchable,
-)
-from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
+from storage.base import PoolStats, QueryObserver, Row, Statements, Storage
+from storage.errors import Invalid, StorageError, StorageUnavailable
 from storage.migrations import POSTGRES, KeyBackfill
-from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
+from storage.model import Image, ListQuery, NewImage, from_micros
 from storage.reference import ImageRef
-from storage.sql import (
-    SELECT_COLUMNS,
-    all_list_sql,
-    list_key,
-    list_params,
-    write_params,
-)
+from storage.sql import SELECT_COLUMNS, all_list_sql, list_params, pyformat, write_params
 
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
@@ -96,8 +83,6 @@ GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = %(id)s"
 DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
 COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
-LIST_SQL = all_list_sql(lambda name: f"%({name})s")
-LIST_JSON_SQL = all_list_sql(lambda name: f"%({name})s", "entry_json")
 # One row per reference that some entry allows: the entry ranked first.
 MATCH_SQL = f"""
 SELECT i, {SELECT_COLUMNS} FROM (
@@ -155,22 +140,17 @@ def _query_canceled() -> bool:
     return task is not None and not task.cancelling()
 
 
-def _to_utc(ts: dt.datetime) -> dt.datetime:
-    return ts.astimezone(dt.UTC)
-
-
-def _row_to_image(row: tuple) -> Image:
-    return Image(
-        id=row[0],
-        name=row[1],
-        tags=tuple(row[2] or ()),
-        created_at=_to_utc(row[3]),
-        updated_at=_to_utc(row[4]),
-    )
-
-
 class PostgresStorage(Storage):
     kind = "postgres"
+    statements = Statements(
+        get=GET_SQL,
+        delete=DELETE_SQL,
+        count=COUNT_SQL,
+        ping=PING_SQL,
+        list=all_list_sql(pyformat),
+        list_json=all_list_sql(pyformat, "entry_json"),
+        match=MATCH_SQL,
+    )
 
     def __init__(
         self,
@@ -381,91 +361,54 @@ class PostgresStorage(Storage):
             waits=self._waits,
         )
 
-    # -- the Storage interface -------------------------------------------
+    # -- the driver primitives ------------------------------------------------
 
-    @observed
-    async def ping(self) -> None:
-        async def op(cur: Any) -> None:
-            await cur.execute(PING_SQL)
-            await cur.fetchone()
-
-        await self._run(op)
-
-    @observed
-    async def get(self, image_id: str) -> Image:
-        async def op(cur: Any) -> tuple | None:
-            await cur.execute(GET_SQL, {"id": image_id})
-            return await cur.fetchone()
-
-        row = await self._run(op)
-        if row is None:
-            raise NotFound(image_id)
-        return _row_to_image(row)
-
-    @observed
-    async def put(self, new: NewImage) -> Image:
-        params = {**write_params(new), "tags": list(new.tags)}
-
-        async def op(cur: Any) -> tuple:
-            await cur.execute(UPSERT_SQL, params)
-            return await cur.fetchone()
-
-        stored = _row_to_image(await self._run(op))
-        warn_if_unmatchable(stored)
-        return stored
-
-    @observed
-    async def delete(self, image_id: str) -> None:
-        async def op(cur: Any) -> None:
-            await cur.execute(DELETE_SQL, {"id": image_id})
-
-        await self._run(op)
-
-    async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
-        timestamp = query.sort in ("created_at", "updated_at")
-        params = list_params(query, lambda v: from_micros(int(v)) if timestamp else v)
-
-        async def op(cur: Any) -> list[tuple]:
+    async def _fetch_all(self, sql: str, params: Mapping[str, object]) -> list[Row]:
+        async def op(cur: Any) -> list[Row]:
             await cur.execute(sql, params)
-            return await cur.fetchall()
+            return list(await cur.fetchall())
 
         return await self._run(op)
 
-    @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[list_key(query)]
-        return [_row_to_image(r) for r in await self._list_rows(sql, query)]
-
-    @observed
-    async def list_json(self, query: ListQuery) -> JsonPage:
-        sql = LIST_JSON_SQL[list_key(query)]
-        return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
-
-    @observed
-    async def count(self) -> int:
-        async def op(cur: Any) -> int:
-            await cur.execute(COUNT_SQL)
-            (n,) = await cur.fetchone()
-            return int(n)
+    async def _fetch_one(self, sql: str, params: Mapping[str, object]) -> Row | None:
+        async def op(cur: Any) -> Row | None:
+            await cur.execute(sql, params)
+            row: Row | None = await cur.fetchone()
+            return row
 
         return await self._run(op)
 
-    @observed
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
-        found: list[Image | None] = [None] * len(refs)
-        if not refs:
-            return found
-        params = {
+    async def _execute(self, sql: str, params: Mapping[str, object]) -> None:
+        async def op(cur: Any) -> None:
+            await cur.execute(sql, params)
+
+        await self._run(op)
+
+    async def _upsert(self, new: NewImage) -> Row:
+        row = await self._fetch_one(UPSERT_SQL, {**write_params(new), "tags": list(new.tags)})
+        if row is None:  # RETURNING always returns the row
+            raise StorageError("the upsert returned no row")
+        return row
+
+    def _to_entry(self, row: Row) -> Image:
+        return Image(
+            id=row[0],
+            name=row[1],
+            tags=tuple(row[2] or ()),
+            created_at=row[3].astimezone(dt.UTC),
+            updated_at=row[4].astimezone(dt.UTC),
+        )
+
+    def _list_params(self, query: ListQuery) -> dict[str, object]:
+        # Timestamps are compared as timestamptz, not as the cursor's integer.
+        if query.sort in ("created_at", "updated_at"):
+            return list_params(query, lambda v: from_micros(int(v)))
+        return list_params(query)
+
+    def _match_params(self, refs: Sequence[ImageRef]) -> dict[str, object]:
+        return {
             "idx": list(range(len(refs))),
             "names": [r.name for r in refs],
             "tags": [r.tag for r in refs],
             "digests": [r.digest for r in refs],
         }
-
-        async def op(cur: Any) -> list[tuple]:
-            await cur.execute(MATCH_SQL, params)
-            return await cur.fetchall()
-
-        for row in await self._run(op):
-            found[row[0]] = _row_to_image(row[1:])
-        return found

@@ -19,6 +19,16 @@ Param = Callable[[str], str]
 SELECT_COLUMNS = "id, name, tags, created_at, updated_at"
 
 
+def pyformat(name: str) -> str:
+    """psycopg2's parameter style."""
+    return f"%({name})s"
+
+
+def named(name: str) -> str:
+    """sqlite3's parameter style."""
+    return f":{name}"
+
+
 # Each entry as the API's JSON object, built by the database: a whole list
 # is then joined text in Python rather than rows turned into objects turned
 # into JSON (several times the CPU per entry, bench/). The same compact form

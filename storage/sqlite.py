@@ -12,35 +12,19 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import json
-import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from storage.base import (
-    PoolStats,
-    QueryObserver,
-    Storage,
-    json_page,
-    observed,
-    warn_if_unmatchable,
-)
-from storage.errors import NotFound, StorageUnavailable
-from storage.migrations import SQLITE, KeyBackfill, statements
-from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros, to_micros
+from storage.base import PoolStats, QueryObserver, Row, Statements, Storage
+from storage.errors import StorageUnavailable
+from storage.migrations import SQLITE, KeyBackfill, split_statements
+from storage.model import Image, NewImage, from_micros, to_micros
 from storage.reference import ImageRef
-from storage.sql import (
-    SELECT_COLUMNS,
-    SQLITE_JSON_COLUMN,
-    all_list_sql,
-    list_key,
-    list_params,
-    write_params,
-)
+from storage.sql import SELECT_COLUMNS, SQLITE_JSON_COLUMN, all_list_sql, named, write_params
 
 T = TypeVar("T")
-log = logging.getLogger("imagelist.storage")
 
 KEYS_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
 SET_KEYS_SQL = "UPDATE images SET norm_name = ?, digest = ? WHERE id = ?"
@@ -67,8 +51,6 @@ GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = :id"
 DELETE_SQL = "DELETE FROM images WHERE id = :id"
 COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
-LIST_SQL = all_list_sql(lambda name: f":{name}")
-LIST_JSON_SQL = all_list_sql(lambda name: f":{name}", SQLITE_JSON_COLUMN)
 # One row per reference that some entry allows: the entry ranked first.
 # The references arrive as one JSON array of [name, tag, digest] triples.
 MATCH_SQL = f"""
@@ -89,22 +71,21 @@ WHERE rank = 1
 """
 
 
-def _row_to_image(row: tuple) -> Image:
-    return Image(
-        id=row[0],
-        name=row[1],
-        tags=tuple(json.loads(row[2])),
-        created_at=from_micros(row[3]),
-        updated_at=from_micros(row[4]),
-    )
-
-
 def _now_micros() -> int:
     return to_micros(dt.datetime.now(dt.UTC))
 
 
 class SqliteStorage(Storage):
     kind = "sqlite"
+    statements = Statements(
+        get=GET_SQL,
+        delete=DELETE_SQL,
+        count=COUNT_SQL,
+        ping=PING_SQL,
+        list=all_list_sql(named),
+        list_json=all_list_sql(named, SQLITE_JSON_COLUMN),
+        match=MATCH_SQL,
+    )
 
     def __init__(self, path: str, *, observer: QueryObserver | None = None) -> None:
         self.path = path
@@ -170,7 +151,7 @@ class SqliteStorage(Storage):
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             for number, migration in enumerate(SQLITE[version:], start=version + 1):
-                for statement in statements(migration.sql):
+                for statement in split_statements(migration.sql):
                     conn.execute(statement)
                 if migration.recompute_keys:
                     recompute_keys(conn)
@@ -189,29 +170,29 @@ class SqliteStorage(Storage):
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
 
-    @observed
-    async def ping(self) -> None:
-        await self._run(lambda c: c.execute(PING_SQL).fetchone())
+    # -- the driver primitives ------------------------------------------------
 
-    @observed
-    async def get(self, image_id: str) -> Image:
-        row = await self._run(lambda c: c.execute(GET_SQL, {"id": image_id}).fetchone())
-        if row is None:
-            raise NotFound(image_id)
-        return _row_to_image(row)
+    async def _fetch_all(self, sql: str, params: Mapping[str, object]) -> list[Row]:
+        return await self._run(lambda c: c.execute(sql, params).fetchall())
 
-    @observed
-    async def put(self, new: NewImage) -> Image:
+    async def _fetch_one(self, sql: str, params: Mapping[str, object]) -> Row | None:
+        row: Row | None = await self._run(lambda c: c.execute(sql, params).fetchone())
+        return row
+
+    async def _execute(self, sql: str, params: Mapping[str, object]) -> None:
+        await self._run(lambda c: c.execute(sql, params))
+
+    async def _upsert(self, new: NewImage) -> Row:
         params = {
             **write_params(new),
             "tags": json.dumps(list(new.tags), ensure_ascii=False),
             "now": _now_micros(),
         }
 
-        def upsert(c: sqlite3.Connection) -> tuple:
+        def upsert(c: sqlite3.Connection) -> Row:
             c.execute("BEGIN IMMEDIATE")
             try:
-                row = c.execute(UPSERT_SQL, params).fetchone()
+                row: Row = c.execute(UPSERT_SQL, params).fetchone()
                 c.execute("COMMIT")
             except BaseException:
                 if c.in_transaction:
@@ -219,40 +200,17 @@ class SqliteStorage(Storage):
                 raise
             return row
 
-        stored = _row_to_image(await self._run(upsert))
-        warn_if_unmatchable(stored)
-        return stored
+        return await self._run(upsert)
 
-    @observed
-    async def delete(self, image_id: str) -> None:
-        await self._run(lambda c: c.execute(DELETE_SQL, {"id": image_id}))
+    def _to_entry(self, row: Row) -> Image:
+        return Image(
+            id=row[0],
+            name=row[1],
+            tags=tuple(json.loads(row[2])),
+            created_at=from_micros(row[3]),
+            updated_at=from_micros(row[4]),
+        )
 
-    async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
-        params = list_params(query)
-        return await self._run(lambda c: c.execute(sql, params).fetchall())
-
-    @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[list_key(query)]
-        return [_row_to_image(r) for r in await self._list_rows(sql, query)]
-
-    @observed
-    async def list_json(self, query: ListQuery) -> JsonPage:
-        sql = LIST_JSON_SQL[list_key(query)]
-        return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
-
-    @observed
-    async def count(self) -> int:
-        (n,) = await self._run(lambda c: c.execute(COUNT_SQL).fetchone())
-        return int(n)
-
-    @observed
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
-        found: list[Image | None] = [None] * len(refs)
-        if not refs:
-            return found
-        payload = json.dumps([[r.name, r.tag, r.digest] for r in refs])
-        rows = await self._run(lambda c: c.execute(MATCH_SQL, {"refs": payload}).fetchall())
-        for row in rows:
-            found[row[0]] = _row_to_image(row[1:])
-        return found
+    def _match_params(self, refs: Sequence[ImageRef]) -> dict[str, object]:
+        # One JSON array of [name, tag, digest] triples (see MATCH_SQL).
+        return {"refs": json.dumps([[r.name, r.tag, r.digest] for r in refs])}

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from storage import create_storage, postgres
-from storage.migrations import POSTGRES, SQLITE, statements
+from storage.migrations import POSTGRES, SQLITE, split_statements
 from storage.reference import parse_reference
 
 from pgcluster import create_database
@@ -30,7 +30,7 @@ OLD_ROWS = [
 
 def old_sqlite(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
-    for statement in statements(SQLITE[0].sql):
+    for statement in split_statements(SQLITE[0].sql):
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     for image_id, name, tags in OLD_ROWS:
