@@ -181,7 +181,10 @@ class PostgresStorage(Storage):
         try:
             await self._get_pool()
         except StorageUnavailable as exc:
-            log.warning("PostgreSQL unavailable at start-up, will retry: %s", exc)
+            log.warning(
+                "storage_unavailable",
+                extra={"storage": self.kind, "error": str(exc), "effect": "retrying on use"},
+            )
         except psycopg2.Error as exc:
             # Reached, but refused the schema (permission denied, ...): a
             # StorageError, which the daemon reports and exits on.

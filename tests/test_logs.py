@@ -80,7 +80,8 @@ def test_startup_warning_is_json_and_liveness_ignores_the_database() -> None:
         assert status == 200 and body == {"status": "ok"}
     warning = next(e for e in d.logs() if e.get("logger") == "imagelist.storage")
     assert warning["level"] == "warning"
-    assert "unavailable at start-up" in warning["event"]
+    assert warning["event"] == "storage_unavailable" and warning["storage"] == "postgres"
+    assert "database unavailable" in warning["error"]
 
 
 def test_a_traceback_is_one_json_line_without_frame_locals(tmp_path: Path) -> None:
