@@ -80,7 +80,7 @@ class ImagesHandler(BodyHandler):
         one is sent chunked, flushing after each page so memory stays flat.
         """
         chunk = self.ctx.list_chunk
-        sent_any = False
+        sent_any = flushed = False
         self.write(b"[")
         pages = self.ctx.storage.iter_json_pages(ListQuery(sort=sort, name=name, limit=chunk))
         try:
@@ -89,14 +89,14 @@ class ImagesHandler(BodyHandler):
                 sent_any = True
                 if page.count == chunk:
                     await self.flush()
+                    flushed = True
         except StreamClosedError:
             # The client hung up mid-list: nothing to answer, nothing wrong.
+            # Tornado finishes the request; on a closed stream that writes nothing.
             log.info("client_gone", request_id=self.request_id, path=self.request.path)
-            self._finished = True  # Tornado must not try to finish on a closed stream
-            self.on_finish()
             return
         except StorageError:
-            if not self._headers_written:
+            if not flushed:
                 raise
             # Headers are out: a JSON error can no longer be sent. Drop the
             # connection so the client sees a truncated response, not a

@@ -348,7 +348,7 @@ class PostgresStorage(Storage):
                     )
                     raise StorageUnavailable(self._last_error) from exc
             except psycopg2.DataError as exc:
-                raise Invalid(str(exc).strip()) from exc
+                raise Invalid(f"invalid request: {str(exc).strip()}") from exc
             except psycopg2.Error as exc:
                 raise StorageError(f"database error: {exc.pgerror or exc}") from exc
         raise AssertionError("unreachable")

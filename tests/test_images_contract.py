@@ -343,6 +343,13 @@ async def test_bad_ids_in_the_path_are_400(api, path: str) -> None:
 
 
 @pytest.mark.gen_test
+async def test_a_path_that_is_not_utf8_is_named_not_quoted(api) -> None:
+    reply = await api.get("/images/%ff")
+    assert reply.status == 400
+    assert reply.json["error"] == "the URL path is not valid UTF-8"
+
+
+@pytest.mark.gen_test
 @pytest.mark.parametrize("query", ["name=" + "n" * 256, "name=%ff", "sort=%ff", "name=a%00"])
 async def test_bad_list_queries_are_400(api, query: str) -> None:
     reply = await api.get("/images?" + query)

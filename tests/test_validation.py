@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.errors import ApiError
+from handlers.errors import map_exception
 from handlers.validation import parse_image
+from storage.errors import Invalid
 from storage.model import NewImage
 
 GOOD = [
@@ -45,6 +46,7 @@ def test_valid_bodies(body: dict, expected: NewImage) -> None:
 
 @pytest.mark.parametrize(("body", "message"), BAD)
 def test_invalid_bodies(body: object, message: str) -> None:
-    with pytest.raises(ApiError, match=message) as info:
+    with pytest.raises(Invalid, match=message) as info:
         parse_image(body)
-    assert info.value.status == 400
+    answer = map_exception(info.value)
+    assert answer is not None and answer.status == 400 and answer.message == str(info.value)
