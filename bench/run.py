@@ -40,7 +40,7 @@ from bench.seed import entry, seed  # noqa: E402
 
 from pgcluster import PgCluster, create_database, free_port  # noqa: E402
 
-# The old Go service on this kind of machine (issue 7), for the targets.
+# The old Go service on this kind of machine, for the targets.
 OLD_GET_RPS = 3300
 OLD_LIST_RPS = 120
 MB = 1024 * 1024

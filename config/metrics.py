@@ -115,7 +115,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.images_stored = Gauge(
+        self.entries_stored = Gauge(
             "imagelist_images_stored",
             "Entries in the allowlist, counted at scrape time; the last count is kept "
             "while the database does not answer.",
@@ -175,7 +175,7 @@ class Metrics:
 
     async def _count(self, storage: Storage) -> None:
         try:
-            self.images_stored.set(await storage.count())
+            self.entries_stored.set(await storage.count())
         except StorageError:
             self.database_up.set(0)
         else:

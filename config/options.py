@@ -42,10 +42,6 @@ class Config:
     admission_mode: str
 
     @property
-    def storage_kind(self) -> str:
-        return "sqlite" if self.database_url.startswith("sqlite:") else "postgres"
-
-    @property
     def tls(self) -> bool:
         return self.certfile is not None
 

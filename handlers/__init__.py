@@ -17,15 +17,15 @@ from handlers.base import BaseHandler, log_request
 from handlers.context import AppContext
 from handlers.docs import OpenApiDocument, OpenApiJsonHandler, OpenApiYamlHandler
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
-from handlers.images import ImageHandler, ImagesHandler
+from handlers.images import EntriesHandler, EntryHandler
 from handlers.metrics import MetricsHandler
 
 __all__ = ["AppContext", "make_app", "route_pattern"]
 
 #: Every routed handler; each declares its own route template.
 HANDLERS: tuple[type[BaseHandler], ...] = (
-    ImagesHandler,
-    ImageHandler,
+    EntriesHandler,
+    EntryHandler,
     PingHandler,
     LiveHandler,
     MetricsHandler,

@@ -1,4 +1,4 @@
-"""Kubernetes admission, built in (SPEC 4).
+"""Kubernetes admission, built in.
 
 - GET  /allowed?image=REF        one reference, for scripts
 - POST /admission/validate       ValidatingAdmissionWebhook, AdmissionReview v1
@@ -27,9 +27,9 @@ import structlog
 
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
-from handlers.images import image_json
+from handlers.images import entry_json
 from handlers.policy import Decision, decide, quote
-from handlers.workloads import ContainerImage, MalformedObject, container_images
+from handlers.workloads import Container, MalformedObject, pod_containers
 
 log = structlog.get_logger("imagelist.admission")
 
@@ -85,7 +85,7 @@ class AllowedHandler(AdmissionHandler):
         if not image:
             raise ApiError(400, "image parameter is required", {"parameter": "image"})
         decision = (await decide(self.ctx.storage, [image]))[image]
-        if decision.image is None:
+        if decision.reference is None:
             raise ApiError(400, decision.reason, {"parameter": "image"})
         # A question, not an admission: warn mode does not change the answer.
         self.count("allowed" if decision.allowed else "denied")
@@ -94,7 +94,7 @@ class AllowedHandler(AdmissionHandler):
                 "allowed": decision.allowed,
                 "image": decision.resolved,
                 "reason": decision.reason,
-                "entry": image_json(decision.entry) if decision.entry else None,
+                "entry": entry_json(decision.entry) if decision.entry else None,
             }
         )
 
@@ -147,14 +147,16 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
             raise ApiError(400, "request.object must be an object or null")
 
         # Deleting never starts a container; other verbs run the new object.
-        images: list[ContainerImage] = []
+        containers: list[Container] = []
         if operation != "DELETE":
             try:
-                images = container_images(group, kind_name, obj)
+                containers = pod_containers(group, kind_name, obj)
             except MalformedObject as exc:
                 raise ApiError(400, f"malformed request.object: {exc}") from None
-        decisions = await decide(self.ctx.storage, [c.image for c in images])
-        not_allowed = [(c, decisions[c.image]) for c in images if not decisions[c.image].allowed]
+        decisions = await decide(self.ctx.storage, [c.reference for c in containers])
+        not_allowed = [
+            (c, decisions[c.reference]) for c in containers if not decisions[c.reference].allowed
+        ]
         result = self.settle(list(decisions.values()))
         self.count(result)
         lines = [_denial_line(c, d) for c, d in not_allowed]
@@ -183,10 +185,10 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
         )
 
 
-def _denial_line(container: ContainerImage, decision: Decision) -> str:
+def _denial_line(container: Container, decision: Decision) -> str:
     who = container.location
-    if container.container:
-        who = f"container {quote(container.container)} ({container.location})"
+    if container.name:
+        who = f"container {quote(container.name)} ({container.location})"
     return f"{who}: image {decision.describe()}"
 
 

@@ -1,7 +1,7 @@
 """Validation of request input, independent of HTTP (table-tested): bad input
 raises the domain error `Invalid`, which handlers answer with a 400.
 
-Rules (SPEC 1): ids are printable, no whitespace, 1-255 chars; names are
+Rules (README, "API"): ids are printable, no whitespace, 1-255 chars; names are
 printable, 1-255 chars; tags are strings like ids, order kept, duplicates
 dropped. "Printable" excludes NUL and other control characters, line
 separators and lone surrogates (which neither backend stores faithfully).
@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from storage.errors import Invalid
-from storage.model import NewImage
+from storage.model import NewEntry
 
 MAX_LEN = 255
 MAX_TAGS = 1000
@@ -70,14 +70,14 @@ def check_tags(value: Any) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def parse_image(body: Any) -> NewImage:
-    """A PUT /images body -> NewImage. Unknown fields are ignored, as the
+def parse_entry(body: Any) -> NewEntry:
+    """A PUT /images body -> NewEntry. Unknown fields are ignored, as the
     old service ignored them (and the server-set timestamps)."""
     if not isinstance(body, dict):
         raise Invalid("body must be a JSON object with id, name and tags")
     for required in ("id", "name"):
         if required not in body:
             raise Invalid(f"{required} is required", {"field": required})
-    return NewImage(
+    return NewEntry(
         id=check_id(body["id"]), name=check_name(body["name"]), tags=check_tags(body.get("tags"))
     )

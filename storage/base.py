@@ -14,8 +14,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import orjson
 
 from storage.errors import NotFound
-from storage.model import Image, JsonPage, ListQuery, NewImage, Position, to_micros
-from storage.reference import ImageRef, normalize_name
+from storage.model import Entry, JsonPage, ListQuery, NewEntry, Position, to_micros
+from storage.reference import Reference, normalize_name
 from storage.sql import list_key, list_params
 
 log = logging.getLogger("imagelist.storage")
@@ -128,15 +128,15 @@ class Storage(abc.ABC):
     async def _execute(self, sql: str, params: Mapping[str, object]) -> None: ...
 
     @abc.abstractmethod
-    async def _upsert(self, new: NewImage) -> Row:
+    async def _upsert(self, new: NewEntry) -> Row:
         """Insert `new`, or set the tags of its existing id; the stored row."""
 
     @abc.abstractmethod
-    def _to_entry(self, row: Row) -> Image:
+    def _to_entry(self, row: Row) -> Entry:
         """An entry from the columns `storage.sql.SELECT_COLUMNS` names."""
 
     @abc.abstractmethod
-    def _match_params(self, refs: Sequence[ImageRef]) -> dict[str, object]:
+    def _match_params(self, refs: Sequence[Reference]) -> dict[str, object]:
         """The references, as the backend's `statements.match` takes them."""
 
     def _list_params(self, query: ListQuery) -> dict[str, object]:
@@ -151,23 +151,23 @@ class Storage(abc.ABC):
         await self._fetch_one(self.statements.ping, {})
 
     @observed
-    async def get(self, image_id: str) -> Image:
-        row = await self._fetch_one(self.statements.get, {"id": image_id})
+    async def get(self, entry_id: str) -> Entry:
+        row = await self._fetch_one(self.statements.get, {"id": entry_id})
         if row is None:
-            raise NotFound(image_id)
+            raise NotFound(entry_id)
         return self._to_entry(row)
 
     @observed
-    async def put(self, new: NewImage) -> Image:
+    async def put(self, new: NewEntry) -> Entry:
         """Create, or update tags (only) of an existing id; return the stored row."""
         stored = self._to_entry(await self._upsert(new))
         warn_if_unmatchable(stored)
         return stored
 
     @observed
-    async def delete(self, image_id: str) -> None:
+    async def delete(self, entry_id: str) -> None:
         """Remove the id; a missing id is not an error."""
-        await self._execute(self.statements.delete, {"id": image_id})
+        await self._execute(self.statements.delete, {"id": entry_id})
 
     @observed
     async def count(self) -> int:
@@ -175,7 +175,7 @@ class Storage(abc.ABC):
         return int(row[0]) if row is not None else 0
 
     @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
+    async def list_page(self, query: ListQuery) -> list[Entry]:
         """At most `query.limit` entries in API order, strictly after `query.after`."""
         sql = self.statements.list[list_key(query)]
         return [self._to_entry(r) for r in await self._fetch_all(sql, self._list_params(query))]
@@ -188,7 +188,7 @@ class Storage(abc.ABC):
         return json_page(query.sort, [r[0] for r in rows])
 
     @observed
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
+    async def match(self, refs: Sequence[Reference]) -> list[Entry | None]:
         """For each reference, the entry that allows it, else None; in one
         indexed query whatever the number of references.
 
@@ -198,7 +198,7 @@ class Storage(abc.ABC):
         Of several such entries, the most recently updated one (then the
         greatest id) is returned, the same on both backends.
         """
-        found: list[Image | None] = [None] * len(refs)
+        found: list[Entry | None] = [None] * len(refs)
         if refs:
             for row in await self._fetch_all(self.statements.match, self._match_params(refs)):
                 found[row[0]] = self._to_entry(row[1:])
@@ -240,20 +240,20 @@ def json_page(sort: str, objects: list[str]) -> JsonPage:
     )
 
 
-def warn_if_unmatchable(image: Image) -> None:
+def warn_if_unmatchable(entry: Entry) -> None:
     """Old clients may store any name; one that is not a repository name is
     kept, but it can never allow an image, which its owner should learn."""
-    if normalize_name(image.name) is None:
+    if normalize_name(entry.name) is None:
         log.warning(
             "unmatchable_entry",
             extra={
-                "entry_id": image.id,
-                "entry_name": image.name,
+                "entry_id": entry.id,
+                "entry_name": entry.name,
                 "effect": "its name is not a repository name: it never allows an image",
             },
         )
 
 
-def position_of(sort: str, image: Image) -> Position:
-    """The keyset position just past `image` in `sort` order."""
-    return Position(sort=sort, value=image.sort_value(sort), id=image.id)
+def position_of(sort: str, entry: Entry) -> Position:
+    """The keyset position just past `entry` in `sort` order."""
+    return Position(sort=sort, value=entry.sort_value(sort), id=entry.id)

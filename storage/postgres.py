@@ -1,10 +1,11 @@
 """PostgreSQL backend on an aiopg pool.
 
-Failure handling (SPEC 5): the pool is created lazily and re-created after
+Failure handling: the pool is created lazily and re-created after
 connection failures, so the daemon starts and keeps serving 503s while the
 database is down and recovers by itself. Connect and query times are
 bounded. Multi-host DSNs are followed host by host here, because aiopg
-cannot follow libpq's own host fallback (see STYLE.md).
+cannot follow libpq's own host fallback (with the first host down it
+watches the socket libpq already gave up on).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from psycopg2.extensions import make_dsn, parse_dsn
 from storage.base import PoolStats, QueryObserver, Row, Statements, Storage
 from storage.errors import Invalid, StorageError, StorageUnavailable
 from storage.migrations import POSTGRES, KeyBackfill
-from storage.model import Image, ListQuery, NewImage, from_micros
-from storage.reference import ImageRef
+from storage.model import Entry, ListQuery, NewEntry, from_micros
+from storage.reference import Reference
 from storage.sql import SELECT_COLUMNS, all_list_sql, list_params, pyformat, write_params
 
 log = logging.getLogger("imagelist.storage")
@@ -387,14 +388,14 @@ class PostgresStorage(Storage):
 
         await self._run(op)
 
-    async def _upsert(self, new: NewImage) -> Row:
+    async def _upsert(self, new: NewEntry) -> Row:
         row = await self._fetch_one(UPSERT_SQL, {**write_params(new), "tags": list(new.tags)})
         if row is None:  # RETURNING always returns the row
             raise StorageError("the upsert returned no row")
         return row
 
-    def _to_entry(self, row: Row) -> Image:
-        return Image(
+    def _to_entry(self, row: Row) -> Entry:
+        return Entry(
             id=row[0],
             name=row[1],
             tags=tuple(row[2] or ()),
@@ -408,7 +409,7 @@ class PostgresStorage(Storage):
             return list_params(query, lambda v: from_micros(int(v)))
         return list_params(query)
 
-    def _match_params(self, refs: Sequence[ImageRef]) -> dict[str, object]:
+    def _match_params(self, refs: Sequence[Reference]) -> dict[str, object]:
         return {
             "idx": list(range(len(refs))),
             "names": [r.name for r in refs],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from storage.model import SORT_KEYS, ListQuery, NewImage
+from storage.model import SORT_KEYS, ListQuery, NewEntry
 from storage.reference import reference_keys
 
 Param = Callable[[str], str]
@@ -90,7 +90,7 @@ def list_params(
     return params
 
 
-def write_params(new: NewImage) -> dict[str, object]:
+def write_params(new: NewEntry) -> dict[str, object]:
     """Parameters of the upsert both backends share; each adds its tags."""
     norm_name, digest = reference_keys(new.name, new.id)
     return {"id": new.id, "name": new.name, "norm_name": norm_name, "digest": digest}

@@ -20,8 +20,8 @@ from typing import TypeVar
 from storage.base import PoolStats, QueryObserver, Row, Statements, Storage
 from storage.errors import StorageUnavailable
 from storage.migrations import SQLITE, KeyBackfill, split_statements
-from storage.model import Image, NewImage, from_micros, to_micros
-from storage.reference import ImageRef
+from storage.model import Entry, NewEntry, from_micros, to_micros
+from storage.reference import Reference
 from storage.sql import SELECT_COLUMNS, SQLITE_JSON_COLUMN, all_list_sql, named, write_params
 
 T = TypeVar("T")
@@ -182,7 +182,7 @@ class SqliteStorage(Storage):
     async def _execute(self, sql: str, params: Mapping[str, object]) -> None:
         await self._run(lambda c: c.execute(sql, params))
 
-    async def _upsert(self, new: NewImage) -> Row:
+    async def _upsert(self, new: NewEntry) -> Row:
         params = {
             **write_params(new),
             "tags": json.dumps(list(new.tags), ensure_ascii=False),
@@ -202,8 +202,8 @@ class SqliteStorage(Storage):
 
         return await self._run(upsert)
 
-    def _to_entry(self, row: Row) -> Image:
-        return Image(
+    def _to_entry(self, row: Row) -> Entry:
+        return Entry(
             id=row[0],
             name=row[1],
             tags=tuple(json.loads(row[2])),
@@ -211,6 +211,6 @@ class SqliteStorage(Storage):
             updated_at=from_micros(row[4]),
         )
 
-    def _match_params(self, refs: Sequence[ImageRef]) -> dict[str, object]:
+    def _match_params(self, refs: Sequence[Reference]) -> dict[str, object]:
         # One JSON array of [name, tag, digest] triples (see MATCH_SQL).
         return {"refs": json.dumps([[r.name, r.tag, r.digest] for r in refs])}

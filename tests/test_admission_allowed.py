@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 from k8s import admission_review, pod_spec
 
-from storage.model import NewImage
+from storage.model import NewEntry
 from storage.reference import parse_reference
 
 H_NGINX = "a1" * 32  # bare 64-hex image id
@@ -156,7 +156,7 @@ async def test_entries_with_odd_names_are_stored_but_never_match(api, caplog) ->
 async def test_storage_match_answers_in_order(ctx) -> None:
     # The Storage interface itself, on both backends.
     assert await ctx.storage.match([]) == []
-    await ctx.storage.put(NewImage(id=H_NGINX, name="nginx", tags=("1.25",)))
+    await ctx.storage.put(NewEntry(id=H_NGINX, name="nginx", tags=("1.25",)))
     refs = [
         parse_reference(r)
         for r in ("quay.io/x:1", "nginx:1.25", f"nginx@sha256:{H_NGINX}", "nginx:2", "nginx:1.25")

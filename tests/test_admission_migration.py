@@ -33,9 +33,9 @@ def old_sqlite(path: Path) -> None:
     for statement in split_statements(SQLITE[0].sql):
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
-    for image_id, name, tags in OLD_ROWS:
+    for entry_id, name, tags in OLD_ROWS:
         conn.execute(
-            "INSERT INTO images VALUES (?, ?, ?, 1, 1)", (image_id, name, json.dumps(tags))
+            "INSERT INTO images VALUES (?, ?, ?, 1, 1)", (entry_id, name, json.dumps(tags))
         )
     conn.close()
 
@@ -48,9 +48,9 @@ def old_postgres(url: str) -> None:
         cur.execute(postgres.SCHEMA_TABLE_SQL)
         cur.execute("INSERT INTO imagelist_schema VALUES (1)")
         now = dt.datetime.now(dt.UTC)
-        for image_id, name, tags in OLD_ROWS:
+        for entry_id, name, tags in OLD_ROWS:
             cur.execute(
-                "INSERT INTO images VALUES (%s, %s, %s, %s, %s)", (image_id, name, tags, now, now)
+                "INSERT INTO images VALUES (%s, %s, %s, %s, %s)", (entry_id, name, tags, now, now)
             )
     conn.close()
 

@@ -1,4 +1,4 @@
-"""Command line and environment (SPEC 3)."""
+"""Command line and environment."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_help_never_echoes_a_password_from_the_environment() -> None:
 def test_defaults_use_sqlite_in_the_data_directory(tmp_path: Path) -> None:
     c = load_config([], env={})
     assert c.listen_host == "" and c.listen_port == 8000
-    assert c.storage_kind == "sqlite"
+    assert c.database_url.startswith("sqlite:///")
     assert c.database_url.endswith("/imagelist/imagelist.db")
     assert not c.tls and c.tokens_file is None and c.admission_mode == "enforce"
 
@@ -89,7 +89,7 @@ def test_db_options_select_postgres_with_a_dsn() -> None:
         ],
         env={},
     )
-    assert c.storage_kind == "postgres"
+    assert not c.database_url.startswith("sqlite:")
     assert c.database_url == (
         "host='db1' port='5433' user='u' password='p w\\'x' dbname='images' sslmode='require'"
     )
@@ -117,7 +117,7 @@ def test_database_url_wins_over_db_options() -> None:
     c = load_config(["--dbhost", "ignored", "--database-url", "postgresql://a@b/c"], env={})
     assert c.database_url == "postgresql://a@b/c"
     c = load_config(["--dbhost", "ignored"], env={"IMAGELIST_DATABASE_URL": "sqlite:///x.db"})
-    assert c.storage_kind == "sqlite"
+    assert c.database_url.startswith("sqlite:///")
 
 
 def test_old_single_dash_spelling_is_accepted() -> None:

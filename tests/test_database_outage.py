@@ -1,4 +1,4 @@
-"""SPEC 5: PostgreSQL down or hung under a running app, and coming back."""
+"""PostgreSQL down or hung under a running app, and coming back."""
 
 from __future__ import annotations
 

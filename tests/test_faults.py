@@ -1,4 +1,4 @@
-"""Fault injection against real processes (SPEC 5): the database stopped under
+"""Fault injection against real processes: the database stopped under
 load and restarted, and several daemons sharing one database."""
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ class Load:
     def _write(self, n: int) -> None:
         i = 0
         while not self.stop.is_set():
-            image_id = f"w{n}-{i}"
+            entry_id = f"w{n}-{i}"
             started = time.monotonic()
             status, body, _ = self.d.request(
-                "PUT", "/images", {"id": image_id, "name": "load", "tags": [image_id]}, timeout=30
+                "PUT", "/images", {"id": entry_id, "name": "load", "tags": [entry_id]}, timeout=30
             )
             self._record(status, started)
             if status == 200:
-                assert body["tags"] == [image_id]
+                assert body["tags"] == [entry_id]
                 with self.lock:
-                    self.acked.add(image_id)
+                    self.acked.add(entry_id)
             i += 1
 
     def _read(self) -> None:
@@ -102,7 +102,7 @@ def test_database_stopped_under_load_and_restarted(pg_cluster: PgCluster) -> Non
     stored = rows(url)
     assert load.acked <= stored.keys(), "an acknowledged write was lost"
     # No half-written row: every row is exactly what one PUT sent.
-    assert all(tags == [image_id] for image_id, tags in stored.items())
+    assert all(tags == [entry_id] for entry_id, tags in stored.items())
     assert not [
         e for e in logs if e.get("event") == "request" and e["status"] >= 500 and e["status"] != 503
     ]
@@ -113,13 +113,13 @@ def test_two_daemons_share_one_database(pg_url: str) -> None:
     with Daemon("--database-url", pg_url) as a, Daemon("--database-url", pg_url) as b:
         for n in range(20):
             writer, reader = (a, b) if n % 2 else (b, a)
-            image_id = f"shared-{n}"
-            assert writer.request("PUT", "/images", {"id": image_id, "name": "n"})[0] == 200
+            entry_id = f"shared-{n}"
+            assert writer.request("PUT", "/images", {"id": entry_id, "name": "n"})[0] == 200
             # Visible on the other instance at once.
-            status, body, _ = reader.request("GET", f"/images/{image_id}")
-            assert status == 200 and body["id"] == image_id
-            assert reader.request("DELETE", f"/images/{image_id}")[0] == 204
-            assert writer.request("GET", f"/images/{image_id}")[0] == 404
+            status, body, _ = reader.request("GET", f"/images/{entry_id}")
+            assert status == 200 and body["id"] == entry_id
+            assert reader.request("DELETE", f"/images/{entry_id}")[0] == 204
+            assert writer.request("GET", f"/images/{entry_id}")[0] == 404
 
 
 def test_two_instances_on_one_port_with_reuse_port(pg_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Hostile input (SPEC 5): a 4xx and no traceback, and nothing written."""
+"""Hostile input: a 4xx and no traceback, and nothing written."""
 
 from __future__ import annotations
 

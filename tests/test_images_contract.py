@@ -1,4 +1,4 @@
-"""The REST contract (SPEC 2), run through the real HTTP app on both backends."""
+"""The REST contract, run through the real HTTP app on both backends."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ DIGEST = "sha256:" + "ab" * 32
 REPO_DIGEST = f"quay.io/foo/nginx@{DIGEST}"
 
 
-async def put(api, image_id: str, name: str = "myorg/app", tags=None) -> dict:
-    body = {"id": image_id, "name": name}
+async def put(api, entry_id: str, name: str = "myorg/app", tags=None) -> dict:
+    body = {"id": entry_id, "name": name}
     if tags is not None:
         body["tags"] = tags
     reply = await api.put(body)
@@ -138,8 +138,8 @@ def byte_order(values: list[tuple]) -> list[tuple]:
 
 @pytest.mark.gen_test
 async def test_sort_name_and_id_use_byte_order_with_id_tie_break(api) -> None:
-    for image_id, name in TRICKY:
-        await put(api, image_id, name)
+    for entry_id, name in TRICKY:
+        await put(api, entry_id, name)
     by_name = [(e["name"], e["id"]) for e in await api.all_images("?sort=name")]
     assert by_name == byte_order([(n, i) for i, n in TRICKY])
     by_id = [e["id"] for e in await api.all_images("?sort=id")]

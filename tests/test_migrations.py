@@ -11,7 +11,7 @@ import uuid
 import psycopg2
 import pytest
 
-from storage import NewImage, create_storage
+from storage import NewEntry, create_storage
 from storage.migrations import POSTGRES, SQLITE, Migration
 from storage.reference import reference_keys
 
@@ -96,7 +96,7 @@ async def test_instances_starting_together_migrate_once(pg_server_url: str) -> N
     await asyncio.gather(*(s.open() for s in stores))
     try:
         # Every instance can write, and they all see one table.
-        await asyncio.gather(*(s.put(NewImage(f"i{n}", "n")) for n, s in enumerate(stores)))
+        await asyncio.gather(*(s.put(NewEntry(f"i{n}", "n")) for n, s in enumerate(stores)))
         assert await stores[0].count() == 6
     finally:
         await asyncio.gather(*(s.close() for s in stores))
@@ -112,7 +112,7 @@ async def test_sqlite_store_reopens_an_existing_file(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/x.db"
     first = create_storage(url)
     await first.open()
-    await first.put(NewImage("a", "n", ("t",)))
+    await first.put(NewEntry("a", "n", ("t",)))
     await first.close()
     second = create_storage(url)
     await second.open()

@@ -15,9 +15,9 @@ import pytest
 from daemon import storage_refusal
 
 
-def forged_cursor(sort: str, value: object, image_id: str) -> str:
+def forged_cursor(sort: str, value: object, entry_id: str) -> str:
     """A cursor as the server encodes one, with values it never hands out."""
-    raw = orjson.dumps([sort, value, image_id])
+    raw = orjson.dumps([sort, value, entry_id])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
@@ -26,7 +26,7 @@ def forged_cursor(sort: str, value: object, image_id: str) -> str:
 # past year 9999 into a datetime (OverflowError); both were 500s there,
 # while SQLite answered 200.
 @pytest.mark.parametrize(
-    ("sort", "value", "image_id"),
+    ("sort", "value", "entry_id"),
     [
         ("id", "a\u0000b", "a\u0000b"),
         ("id", "a\u0000b", "b"),
@@ -37,9 +37,9 @@ def forged_cursor(sort: str, value: object, image_id: str) -> str:
     ],
 )
 @pytest.mark.gen_test
-async def test_a_forged_cursor_is_a_400_on_every_backend(api, sort, value, image_id) -> None:
+async def test_a_forged_cursor_is_a_400_on_every_backend(api, sort, value, entry_id) -> None:
     await api.put({"id": "x", "name": "nginx"})
-    cursor = forged_cursor(sort, value, image_id)
+    cursor = forged_cursor(sort, value, entry_id)
     reply = await api.get(f"/images?sort={sort}&limit=5&cursor={cursor}")
     assert reply.status == 400, reply.body
     assert "cursor" in reply.json["error"]

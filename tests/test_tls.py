@@ -1,4 +1,4 @@
-"""TLS with --certfile/--keyfile (SPEC 3)."""
+"""TLS with --certfile/--keyfile."""
 
 from __future__ import annotations
 
