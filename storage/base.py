@@ -16,7 +16,7 @@ import orjson
 from storage.errors import NotFound
 from storage.model import Entry, JsonPage, ListQuery, NewEntry, Position, to_micros
 from storage.reference import Reference, normalize_name
-from storage.sql import list_key, list_params
+from storage.sql import Statements, list_key, list_params
 
 log = logging.getLogger("imagelist.storage")
 
@@ -41,23 +41,6 @@ class PoolStats:
     max_size: int
     #: Operations so far that had to wait because every connection was busy.
     waits: int
-
-
-@dataclass(frozen=True, slots=True)
-class Statements:
-    """A backend's SQL for the operations `Storage` implements once, in its
-    driver's parameter style (storage/sql.py builds the shared ones)."""
-
-    get: str
-    delete: str
-    count: str
-    ping: str
-    #: One page of `GET /images`, keyed by `storage.sql.list_key`.
-    list: Mapping[tuple[str, bool, bool], str]
-    #: The same pages as the API's JSON text of each entry.
-    list_json: Mapping[tuple[str, bool, bool], str]
-    #: (reference index, entry columns...) of the entry allowing each reference.
-    match: str
 
 
 def observed(

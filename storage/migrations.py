@@ -87,21 +87,11 @@ UPDATE images SET entry_json = NULL;
 """  # noqa: E501 - frozen as released
     ),
     # Trigger functions carry their version from here on: a changed one is
-    # created as _v2 by a new migration, and the trigger repointed. The same
-    # body as migration 3's, so stored entry_json stays valid.
+    # created as _v2 by a new migration, and the trigger repointed to it.
     Migration(
         """
-CREATE OR REPLACE FUNCTION imagelist_entry_json_v1() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.entry_json := '{"id":' || to_json(NEW.id)::text || ',"name":' || to_json(NEW.name)::text || ',"tags":' || array_to_json(NEW.tags)::text || ',"created_at":"' || to_char(NEW.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '","updated_at":"' || to_char(NEW.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"}';
-    RETURN NEW;
-END
-$$;
-DROP TRIGGER IF EXISTS images_entry_json ON images;
-CREATE TRIGGER images_entry_json BEFORE INSERT OR UPDATE ON images
-    FOR EACH ROW EXECUTE FUNCTION imagelist_entry_json_v1();
-DROP FUNCTION IF EXISTS imagelist_entry_json();
-"""  # noqa: E501 - frozen as released
+ALTER FUNCTION imagelist_entry_json() RENAME TO imagelist_entry_json_v1;
+"""
     ),
 )
 

@@ -23,12 +23,12 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import PoolStats, QueryObserver, Row, Statements, Storage
+from storage.base import PoolStats, QueryObserver, Row, Storage
 from storage.errors import Invalid, StorageError, StorageUnavailable
 from storage.migrations import POSTGRES, KeyBackfill
 from storage.model import Entry, ListQuery, NewEntry, from_micros
 from storage.reference import Reference
-from storage.sql import SELECT_COLUMNS, all_list_sql, list_params, pyformat, write_params
+from storage.sql import SELECT_COLUMNS, backend_statements, list_params, pyformat, write_params
 
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
@@ -80,10 +80,6 @@ ON CONFLICT (id) DO UPDATE SET tags = EXCLUDED.tags,
                                updated_at = greatest(now(), images.updated_at)
 RETURNING {SELECT_COLUMNS}
 """
-GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = %(id)s"
-DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
-COUNT_SQL = "SELECT count(*) FROM images"
-PING_SQL = "SELECT 1"
 # One row per reference that some entry allows: the entry ranked first.
 MATCH_SQL = f"""
 SELECT i, {SELECT_COLUMNS} FROM (
@@ -143,15 +139,7 @@ def _query_canceled() -> bool:
 
 class PostgresStorage(Storage):
     kind = "postgres"
-    statements = Statements(
-        get=GET_SQL,
-        delete=DELETE_SQL,
-        count=COUNT_SQL,
-        ping=PING_SQL,
-        list=all_list_sql(pyformat),
-        list_json=all_list_sql(pyformat, "entry_json"),
-        match=MATCH_SQL,
-    )
+    statements = backend_statements(pyformat, entry_json="entry_json", match=MATCH_SQL)
 
     def __init__(
         self,

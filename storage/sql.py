@@ -9,7 +9,8 @@ backends (SQLite's BINARY collation, PostgreSQL columns declared
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from storage.model import SORT_KEYS, ListQuery, NewEntry
 from storage.reference import reference_keys
@@ -94,3 +95,34 @@ def write_params(new: NewEntry) -> dict[str, object]:
     """Parameters of the upsert both backends share; each adds its tags."""
     norm_name, digest = reference_keys(new.name, new.id)
     return {"id": new.id, "name": new.name, "norm_name": norm_name, "digest": digest}
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """A backend's SQL for the operations `Storage` implements once, in its
+    driver's parameter style."""
+
+    get: str
+    delete: str
+    count: str
+    ping: str
+    #: One page of `GET /images`, keyed by `storage.sql.list_key`.
+    list: Mapping[tuple[str, bool, bool], str]
+    #: The same pages as the API's JSON text of each entry.
+    list_json: Mapping[tuple[str, bool, bool], str]
+    #: (reference index, entry columns...) of the entry allowing each reference.
+    match: str
+
+
+def backend_statements(param: Param, *, entry_json: str, match: str) -> Statements:
+    """A backend's Statements: the shared SQL in its parameter style, its
+    expression for an entry's JSON text, and its match query."""
+    return Statements(
+        get=f"SELECT {SELECT_COLUMNS} FROM images WHERE id = {param('id')}",
+        delete=f"DELETE FROM images WHERE id = {param('id')}",
+        count="SELECT count(*) FROM images",
+        ping="SELECT 1",
+        list=all_list_sql(param),
+        list_json=all_list_sql(param, entry_json),
+        match=match,
+    )

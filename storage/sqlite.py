@@ -17,12 +17,18 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from storage.base import PoolStats, QueryObserver, Row, Statements, Storage
+from storage.base import PoolStats, QueryObserver, Row, Storage
 from storage.errors import StorageUnavailable
 from storage.migrations import SQLITE, KeyBackfill, split_statements
 from storage.model import Entry, NewEntry, from_micros, to_micros
 from storage.reference import Reference
-from storage.sql import SELECT_COLUMNS, SQLITE_JSON_COLUMN, all_list_sql, named, write_params
+from storage.sql import (
+    SELECT_COLUMNS,
+    SQLITE_JSON_COLUMN,
+    backend_statements,
+    named,
+    write_params,
+)
 
 T = TypeVar("T")
 
@@ -47,10 +53,6 @@ ON CONFLICT (id) DO UPDATE SET tags = excluded.tags,
                                updated_at = max(:now, images.updated_at)
 RETURNING {SELECT_COLUMNS}
 """
-GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = :id"
-DELETE_SQL = "DELETE FROM images WHERE id = :id"
-COUNT_SQL = "SELECT count(*) FROM images"
-PING_SQL = "SELECT 1"
 # One row per reference that some entry allows: the entry ranked first.
 # The references arrive as one JSON array of [name, tag, digest] triples.
 MATCH_SQL = f"""
@@ -77,15 +79,7 @@ def _now_micros() -> int:
 
 class SqliteStorage(Storage):
     kind = "sqlite"
-    statements = Statements(
-        get=GET_SQL,
-        delete=DELETE_SQL,
-        count=COUNT_SQL,
-        ping=PING_SQL,
-        list=all_list_sql(named),
-        list_json=all_list_sql(named, SQLITE_JSON_COLUMN),
-        match=MATCH_SQL,
-    )
+    statements = backend_statements(named, entry_json=SQLITE_JSON_COLUMN, match=MATCH_SQL)
 
     def __init__(self, path: str, *, observer: QueryObserver | None = None) -> None:
         self.path = path
