@@ -105,13 +105,16 @@ def _object(body: Any, what: str) -> dict[str, Any]:
     return body
 
 
-def _check_type(body: dict[str, Any], api_versions: tuple[str, ...], kind: str) -> None:
-    if body.get("kind") != kind or body.get("apiVersion") not in api_versions:
+def _typed_body(body: Any, api_versions: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """The request body, when it is a JSON object of this kind and apiVersion."""
+    obj = _object(body, "the body")
+    if obj.get("kind") != kind or obj.get("apiVersion") not in api_versions:
         raise ApiError(
             400,
             f"expected a {kind} of apiVersion {' or '.join(api_versions)}",
-            {"apiVersion": str(body.get("apiVersion")), "kind": str(body.get("kind"))},
+            {"apiVersion": str(obj.get("apiVersion")), "kind": str(obj.get("kind"))},
         )
+    return obj
 
 
 def _image_list(values: Any, field: str) -> list[str]:
@@ -129,8 +132,7 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
     endpoint = "validate"
 
     async def post(self) -> None:
-        review = _object(self.json_body(), "the body")
-        _check_type(review, (ADMISSION_API,), "AdmissionReview")
+        review = _typed_body(self.json_body(), (ADMISSION_API,), "AdmissionReview")
         request = _object(review.get("request"), "request")
         uid = request.get("uid")
         if not isinstance(uid, str) or not uid:
@@ -199,8 +201,7 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
     endpoint = "imagepolicy"
 
     async def post(self) -> None:
-        review = _object(self.json_body(), "the body")
-        _check_type(review, (IMAGEPOLICY_API,), "ImageReview")
+        review = _typed_body(self.json_body(), (IMAGEPOLICY_API,), "ImageReview")
         spec = _object(review.get("spec"), "spec")
         containers = spec.get("containers")
         containers = [] if containers is None else containers
@@ -236,8 +237,7 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
     endpoint = "gatekeeper"
 
     async def post(self) -> None:
-        body = _object(self.json_body(), "the body")
-        _check_type(body, GATEKEEPER_APIS, "ProviderRequest")
+        body = _typed_body(self.json_body(), GATEKEEPER_APIS, "ProviderRequest")
         request = _object(body.get("request"), "request")
         keys = _image_list(request.get("keys", []), "request.keys")
         decisions = await decide(self.ctx.storage, keys)
