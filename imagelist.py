@@ -103,7 +103,11 @@ def watch_tokens(ctx: AppContext) -> FileWatcher | None:
         return None
     watcher = FileWatcher(tokens.path, tokens.reload, IOLoop.current())
     watcher.start()
-    ctx.reload_hooks.append(lambda: tokens.reload("sighup", force=True))
+
+    def reload_forced() -> None:
+        tokens.reload("sighup", force=True)
+
+    ctx.reload_hooks.append(reload_forced)
     # A change between the start-up load and the watch would go unseen.
     tokens.reload("startup")
     return watcher

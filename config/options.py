@@ -12,7 +12,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 ENV_PREFIX = "IMAGELIST_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -69,7 +69,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         ),
     )
 
-    def add(name: str, help: str, default: str | None = None, **kw: object) -> None:
+    def add(name: str, help: str, default: str | None = None, **kw: Any) -> None:
         envvar = env_name(name)
         # Help shows the built-in default only: an environment value may be
         # a password and must not be echoed by --help.
@@ -154,9 +154,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, number
 
 
-def _number(name: str, raw: object, kind: type, minimum: float) -> int | float:
+def _number(name: str, raw: Any, kind: type[int] | type[float], minimum: float) -> int | float:
     try:
-        value = kind(raw)
+        value: int | float = kind(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"--{name} {raw!r}: not a number") from None
     if value < minimum:

@@ -33,8 +33,9 @@ HANDLERS: tuple[type[BaseHandler], ...] = (
     ValidateHandler,
     ImagePolicyHandler,
     GatekeeperHandler,
+    OpenApiYamlHandler,
+    OpenApiJsonHandler,
 )
-DOCUMENT_HANDLERS: tuple[type[BaseHandler], ...] = (OpenApiYamlHandler, OpenApiJsonHandler)
 
 
 def route_pattern(template: str) -> str:
@@ -47,11 +48,9 @@ def route_pattern(template: str) -> str:
 
 def make_app(ctx: AppContext) -> tornado.web.Application:
     args: dict[str, Any] = {"ctx": ctx}
-    documents = {**args, "document": OpenApiDocument.load()}
-    routes = [(route_pattern(h.route), h, args) for h in HANDLERS]
-    routes += [(route_pattern(h.route), h, documents) for h in DOCUMENT_HANDLERS]
     return tornado.web.Application(
-        routes,
+        [(route_pattern(h.route), h, args) for h in HANDLERS],
+        openapi_document=OpenApiDocument.load(),
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
         log_function=log_request,

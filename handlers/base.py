@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from http.client import responses
 from typing import Any
 
 import orjson
 import structlog
 import tornado.web
-from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPServerRequest
 
 from config.logging import event_writer
@@ -92,6 +93,13 @@ class BaseHandler(tornado.web.RequestHandler):
         except UnicodeDecodeError:
             raise ApiError(400, "the URL path is not valid UTF-8") from None
 
+    def connection(self) -> HTTP1Connection:
+        """The request's connection: Tornado's HTTPServer only makes HTTP/1 ones."""
+        connection = self.request.connection
+        if not isinstance(connection, HTTP1Connection):
+            raise TypeError(f"unexpected connection type {type(connection).__name__}")
+        return connection
+
     def query(self, name: str) -> str | None:
         """The last `name` query parameter, exactly as sent.
 
@@ -142,7 +150,7 @@ class BaseHandler(tornado.web.RequestHandler):
         elif status_code < 500:
             # Tornado's own errors (a malformed request): its log_message is
             # for the log, and may quote raw input; the client gets the reason.
-            message = httputil.responses.get(status_code, "client error")
+            message = responses.get(status_code, "client error")
         else:
             message = "internal error"
         if status_code == 405:
@@ -226,7 +234,7 @@ class BodyHandler(BaseHandler):
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise self.too_large()
-        self.request.connection.set_max_body_size(limit * 16)
+        self.connection().set_max_body_size(limit * 16)
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)

@@ -101,7 +101,7 @@ class EntriesHandler(BodyHandler):
             # Headers are out: a JSON error can no longer be sent. Drop the
             # connection so the client sees a truncated response, not a
             # well-formed but incomplete list.
-            self.request.connection.close()
+            self.connection().close()
             raise
         self.finish(b"]")
 

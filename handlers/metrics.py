@@ -16,6 +16,6 @@ class MetricsHandler(BaseHandler):
     async def get(self) -> None:
         metrics = self.ctx.metrics
         await metrics.refresh_images_stored(self.ctx.storage, COUNT_TIMEOUT)
-        encoder, content_type = choose_encoder(self.request.headers.get("Accept"))
+        encoder, content_type = choose_encoder(self.request.headers.get("Accept", ""))
         self.set_header("Content-Type", content_type)
         self.finish(encoder(metrics.registry))

@@ -42,13 +42,13 @@ def decode_cursor(cursor: str, sort: str) -> Position:
     # The cursor reaches SQL: PostgreSQL refuses a NUL in any string (a 500
     # there, a 200 on SQLite). No stored value holds one. Nothing stricter:
     # rows from before today's validation must stay pageable.
-    if "\x00" in entry_id or (expect is str and "\x00" in sort_value):
+    if "\x00" in entry_id or (isinstance(sort_value, str) and "\x00" in sort_value):
         raise invalid
     if key != sort:
         raise ApiError(
             400, f"cursor was made for sort={key}, not sort={sort}", {"parameter": "cursor"}
         )
-    if expect is int and not (_MIN_MICROS <= sort_value <= _MAX_MICROS):
+    if isinstance(sort_value, int) and not (_MIN_MICROS <= sort_value <= _MAX_MICROS):
         raise invalid
     return Position(sort=key, value=sort_value, id=entry_id)
 

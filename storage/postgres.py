@@ -189,12 +189,13 @@ class PostgresStorage(Storage):
             pool.close()
             try:
                 await asyncio.wait_for(pool.wait_closed(), self._timeout)
-            except (TimeoutError, *_CONNECTION_ERRORS):
+            except _CONNECTION_ERRORS:  # TimeoutError among them
                 pool.terminate()
 
     async def _get_pool(self) -> aiopg.Pool:
-        if self._pool is not None:
-            return self._pool
+        pool = self._pool  # (a local: another task may set it while this one waits)
+        if pool is not None:
+            return pool
         # Fail fast while the database is known to be down, instead of every
         # request queueing behind a fresh connection attempt.
         if time.monotonic() - self._last_failure < self._retry_interval:
@@ -349,7 +350,7 @@ class PostgresStorage(Storage):
         return PoolStats(
             size=pool.size,
             in_use=pool.size - pool.freesize,
-            max_size=pool.maxsize,
+            max_size=pool.maxsize or self._pool_size,
             waits=self._waits,
         )
 
