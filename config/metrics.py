@@ -12,7 +12,15 @@ import importlib.metadata
 import platform
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -126,6 +134,10 @@ class Metrics:
             "1 when the database answered the last scrape-time count, else 0.",
             registry=r,
         )
+        # The standard process_* (CPU, resident memory, open fds) and
+        # python_info families, read from /proc at scrape time.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.build_info = Info("imagelist_build", "Version of the running daemon.", registry=r)
         self.build_info.info({"version": version(), "python": platform.python_version()})
         self._pool: PoolCollector | None = None

@@ -9,6 +9,7 @@ import subprocess
 from contextlib import closing
 
 import pytest
+from k8s import admission_review, pod_spec
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -92,7 +93,8 @@ async def test_storage_reports_query_latency_pool_and_stored_images(api, ctx) ->
     assert 1 <= size <= value(text, "imagelist_db_pool_connections_max")
     # Only the scrape's own count query could be running, and it is done.
     assert value(text, "imagelist_db_pool_connections_in_use") == 0
-    assert value(text, "imagelist_db_pool_waits_total") >= 0
+    # Each operation ran alone: none waited for a connection.
+    assert value(text, "imagelist_db_pool_waits_total") == 0
     info = [s for s in samples(text) if s.name == "imagelist_build_info"]
     assert len(info) == 1 and info[0].value == 1 and {"version", "python"} <= info[0].labels.keys()
 
@@ -112,13 +114,22 @@ async def test_pool_waits_are_counted_when_every_connection_is_busy(ctx, api) ->
 async def test_scrape_passes_promtool_and_names_follow_conventions(api, ctx) -> None:
     await api.put({"id": "a", "name": "n"})
     await api.get("/images/a")
-    # Fill the families other features feed, so their samples are linted too.
-    ctx.metrics.admission_decisions.labels("admissionreview", "allowed").inc()
+    # Fill the families other features feed, so their samples are linted too:
+    # an admission answered by the app itself, and a token reload.
+    review = admission_review("Pod", pod_spec(["n:latest"]))
+    assert (await api.request("POST", "/admission/validate", review)).status == 200
     ctx.metrics.token_reloads.inc()
     text = await scrape(api)
     promtool_check(text)
+    decided = "imagelist_admission_decisions_total"
+    assert value(text, decided, endpoint="validate", result="denied") == 1
+    assert value(text, "process_resident_memory_bytes") > 0
+    assert [s.labels["implementation"] for s in samples(text) if s.name == "python_info"] == [
+        "CPython"
+    ]
     for family in text_string_to_metric_families(text):
-        assert family.name.startswith("imagelist_"), family.name
+        # Ours, and prometheus-client's standard process and platform families.
+        assert family.name.startswith(("imagelist_", "process_", "python_")), family.name
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         if family.type == "histogram":
