@@ -79,8 +79,13 @@ class RunningApp:
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.ctx.config.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        """Where a client on this machine reaches the app."""
+        config = self.ctx.config
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(  # noqa: S104
+            config.listen_host, config.listen_host
+        )
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if config.tls else 'http'}://{host}:{self.port}"
 
 
 def load_tokens(config: Config, metrics: Metrics) -> TokenRegistry | None:

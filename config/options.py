@@ -168,7 +168,7 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def database_url(ns: argparse.Namespace) -> str:
+def database_url(ns: argparse.Namespace, env: Mapping[str, str]) -> str:
     if ns.database_url:
         return str(ns.database_url)
     parts = {
@@ -182,15 +182,16 @@ def database_url(ns: argparse.Namespace) -> str:
     given = {k: str(v) for k, v in parts.items() if v not in (None, "")}
     if given:
         return " ".join(f"{k}={_quote(v)}" for k, v in given.items())
-    return "sqlite:///" + default_sqlite_path()
+    return "sqlite:///" + default_sqlite_path(env)
 
 
-def default_sqlite_path() -> str:
+def default_sqlite_path(env: Mapping[str, str]) -> str:
     """systemd's StateDirectory= when set, else the XDG data directory."""
-    state = os.environ.get("STATE_DIRECTORY")
+    state = env.get("STATE_DIRECTORY")
     if state:
         return os.path.join(state.split(":")[0], "imagelist.db")
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    home = env.get("HOME") or os.path.expanduser("~")
+    base = env.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
     return os.path.join(base, "imagelist", "imagelist.db")
 
 
@@ -208,7 +209,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         raise ConfigError(f"--log-format {ns.log_format!r}: expected json or console")
     if ns.admission_mode not in ("enforce", "warn"):
         raise ConfigError(f"--admission-mode {ns.admission_mode!r}: expected enforce or warn")
-    url = database_url(ns)
+    url = database_url(ns, env)
     if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
         raise ConfigError(f"--database-url {url!r}: a SQLite URL is sqlite:///PATH")
     return Config(
