@@ -117,9 +117,16 @@ def test_abstract_socket_and_no_pings_for_another_watchdog_pid(tmp_path: Path) -
 
 
 def test_without_systemd_nothing_is_sent_and_all_is_well(tmp_path: Path) -> None:
-    with Daemon(*sqlite(tmp_path), env={"NOTIFY_SOCKET": ""}) as d:
+    # --debug logs every message sent (sd_notify) and every failed send
+    # (sd_notify_failed): with no NOTIFY_SOCKET there must be neither.
+    env = {"NOTIFY_SOCKET": "", "WATCHDOG_USEC": "100000"}
+    with Daemon(*sqlite(tmp_path), "--debug", env=env) as d:
         assert d.request("GET", "/health/live")[0] == 200
+        time.sleep(0.3)  # several watchdog intervals
     assert d.proc is not None and d.proc.returncode == 0
+    events = [e["event"] for e in d.logs()]
+    assert "listening" in events and "stopped" in events
+    assert not {"sd_notify", "sd_notify_failed"} & set(events), events
 
 
 # -- SIGTERM: drain ------------------------------------------------------------
