@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +18,7 @@ from handlers import AppContext  # noqa: E402
 from imagelist import RunningApp  # noqa: E402
 
 from helpers import running_app  # noqa: E402
-from pgcluster import PgCluster, create_database  # noqa: E402
+from pgcluster import PgCluster, create_database, reset_postgres  # noqa: E402
 
 EXTERNAL_PG = os.environ.get("IMAGELIST_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgres"]
@@ -45,17 +44,6 @@ def pg_server_url() -> Iterator[str]:
 def pg_url(pg_server_url: str) -> str:
     """One database for the contract tests, emptied before each test."""
     return create_database(pg_server_url, f"imagelist_test_{uuid.uuid4().hex[:8]}")
-
-
-def reset_postgres(url: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('images') IS NOT NULL")
-        (exists,) = cur.fetchone()
-        if exists:
-            cur.execute("TRUNCATE images")
-    conn.close()
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ and each test polls (bounded) until the change shows through the API.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -30,13 +28,12 @@ from tornado.httpclient import AsyncHTTPClient
 from imagelist import RunningApp
 
 from client import Client
-from helpers import running_app
+from helpers import eventually, running_app
 
 ALICE, BOB, CAROL = "alice-Secret-1", "bob-Secret-2", "carol-Secret-3"
 FIRST = tokens_yaml(entry("alice", ALICE), entry("bob", BOB, is_disabled=True))
 CHALLENGE = 'Bearer realm="imagelist"'
 AuthApp = Callable[[Path], Awaitable[tuple[Client, RunningApp]]]
-DEADLINE = 10.0  # a reload normally shows within a second; this only catches hangs
 
 
 @pytest.fixture
@@ -80,17 +77,6 @@ async def status_with(api, token: str | None) -> int:
     """An authenticated no-op write: DELETE of an absent id is 204."""
     headers = bearer(token) if token is not None else None
     return (await api.delete("/images/probe", headers=headers)).status
-
-
-async def eventually(probe: Callable[[], Awaitable[object]], expected: object) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        got = await probe()
-        if got == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {got!r}, expected {expected!r} after {DEADLINE}s")
-        await asyncio.sleep(0.05)
 
 
 async def metric(api, name: str) -> float:

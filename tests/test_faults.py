@@ -10,6 +10,7 @@ from collections import Counter
 import psycopg2
 
 from daemon import Daemon
+from helpers import wait_for
 from pgcluster import PgCluster, free_port
 
 
@@ -63,13 +64,6 @@ class Load:
             t.join(30)
 
 
-def wait_until(probe, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
-
-
 def rows(url: str) -> dict[str, list[str]]:
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
@@ -83,17 +77,17 @@ def test_database_stopped_under_load_and_restarted(pg_cluster: PgCluster) -> Non
     url = pg_cluster.url()
     with Daemon("--database-url", url, "--db-timeout", "2", "--db-connect-timeout", "1") as d:
         with Load(d) as load:
-            wait_until(lambda: len(load.acked) > 50)
+            wait_for(lambda: len(load.acked) > 50, True)
             pg_cluster.stop()  # fault 1: the database goes away under load
-            wait_until(lambda: load.statuses[503] > 20)
+            wait_for(lambda: load.statuses[503] > 20, True)
             before_restart = len(load.acked)
             pg_cluster.start()
-            wait_until(lambda: len(load.acked) > before_restart + 50)
+            wait_for(lambda: len(load.acked) > before_restart + 50, True)
             pg_cluster.stop("immediate")  # fault 2: a crash, not a clean stop
-            wait_until(lambda: load.statuses[503] > 40)
+            wait_for(lambda: load.statuses[503] > 40, True)
             before_second = len(load.acked)
             pg_cluster.start()
-            wait_until(lambda: len(load.acked) > before_second + 50)
+            wait_for(lambda: len(load.acked) > before_second + 50, True)
         print("\nload statuses:", dict(load.statuses), "slowest:", round(load.slowest, 3))
         assert set(load.statuses) <= {200, 503}, load.statuses
         # 503s come fast, bounded by the timeouts, never a hang.

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import create_database
 from daemon import ROOT, Daemon
+from pgcluster import create_database
 
 TOKEN = "fuzz-" + uuid.uuid4().hex
 EXAMPLES = int(os.environ.get("IMAGELIST_FUZZ_EXAMPLES", "150"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import urllib.parse
 
+import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
@@ -421,3 +423,46 @@ async def test_request_id_is_echoed_or_generated(api) -> None:
     for unsafe in ("x" * 129, "evil\u00e9", "a b", "a;b"):
         bad = await api.get("/images", headers={"X-Request-ID": unsafe})
         assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["X-Request-ID"]), unsafe
+
+
+# -- forged paging cursors -----------------------------------------------------------
+
+
+def forged_cursor(sort: str, value: object, entry_id: str) -> str:
+    """A cursor as the server encodes one, with values it never hands out."""
+    raw = orjson.dumps([sort, value, entry_id])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+# Cursors are opaque but client-controlled: PostgreSQL refused a NUL in a
+# string (psycopg2 raises ValueError) and Python could not turn a timestamp
+# past year 9999 into a datetime (OverflowError); both were 500s there,
+# while SQLite answered 200.
+@pytest.mark.parametrize(
+    ("sort", "value", "entry_id"),
+    [
+        ("id", "a\u0000b", "a\u0000b"),
+        ("id", "a\u0000b", "b"),
+        ("name", "nginx\u0000", "x"),
+        ("name", "nginx", "x\u0000"),
+        ("updated_at", 2**61, "x"),
+        ("created_at", -(2**61), "x"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_forged_cursor_is_a_400_on_every_backend(api, sort, value, entry_id) -> None:
+    await api.put({"id": "x", "name": "nginx"})
+    cursor = forged_cursor(sort, value, entry_id)
+    reply = await api.get(f"/images?sort={sort}&limit=5&cursor={cursor}")
+    assert reply.status == 400, reply.body
+    assert "cursor" in reply.json["error"]
+
+
+@pytest.mark.gen_test
+async def test_a_cursor_at_the_edge_of_the_timestamp_range_still_works(api) -> None:
+    await api.put({"id": "x", "name": "nginx"})
+    # 9999-12-31T23:59:59.999999Z: everything is before it.
+    cursor = forged_cursor("updated_at", 253402300799999999, "zzz")
+    reply = await api.get(f"/images?limit=5&cursor={cursor}")
+    assert reply.status == 200, reply.body
+    assert [i["id"] for i in reply.json] == ["x"]

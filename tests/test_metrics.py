@@ -174,3 +174,21 @@ async def test_stored_images_keep_last_value_while_database_is_down(pg_cluster, 
                 outcome="error",
             )
             assert errors >= 1
+
+
+# Tornado accepts any token as a method and answers 405; the method went
+# into the request metrics' labels as sent, so anyone could grow /metrics
+# (and the daemon's memory) by one series per made-up method name.
+@pytest.mark.gen_test
+async def test_made_up_methods_do_not_add_metric_series(api) -> None:
+    for n in range(5):
+        reply = await api.request(f"X-MADE-UP-{n}", "/images")
+        assert reply.status == 405
+    await api.get("/images")
+    text = (await api.get("/metrics")).body.decode()
+    series = [
+        line for line in text.splitlines() if line.startswith("imagelist_http_requests_total")
+    ]
+    assert not any("X-MADE-UP" in line for line in series), series
+    assert any('method="OTHER",route="/images",status="405"} 5.0' in line for line in series)
+    assert any('method="GET",route="/images",status="200"} 1.0' in line for line in series)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import urllib.parse
 import uuid
 
 import psycopg2
 import pytest
 
-from storage import NewEntry, create_storage
+from storage import NewEntry, StorageUnavailable, create_storage
 from storage.migrations import POSTGRES, SQLITE, Migration
+from storage.postgres import MIGRATION_LOCK_KEY
 from storage.reference import reference_keys
 
+from daemon import storage_refusal
 from pgcluster import create_database
 
 # SHA-256 of every released migration's frozen text, per backend, in order.
@@ -121,3 +124,86 @@ async def test_sqlite_store_reopens_an_existing_file(tmp_path) -> None:
         assert image.tags == ("t",)
     finally:
         await second.close()
+
+
+# A database the configured role may not create tables in (PostgreSQL 15+
+# grants no CREATE on schema public to other roles) made the start-up
+# migration raise InsufficientPrivilege out of open(): the daemon died with an
+# "uncaught_exception" traceback instead of saying what was wrong.
+def test_a_database_the_role_cannot_migrate_is_refused_with_a_clear_message(
+    pg_server_url: str,
+) -> None:
+    url = create_database(pg_server_url, f"imagelist_nopriv_{uuid.uuid4().hex[:8]}")
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS imagelist_nopriv")
+        cur.execute("CREATE ROLE imagelist_nopriv LOGIN")
+        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    admin.close()
+    parts = urllib.parse.urlsplit(url)
+    netloc = "imagelist_nopriv@" + parts.netloc.rpartition("@")[2]
+    failed = storage_refusal("--database-url", parts._replace(netloc=netloc).geturl())
+    assert "permission denied" in failed["error"]
+
+
+# Migrations ran under the per-query statement_timeout (--db-timeout, 5 s by
+# default): migration 3 rewrites every row, so on a large table it was cut
+# off, rolled back and tried again at every connect, for ever, and at
+# start-up aiopg's CancelledError killed the daemon. A tiny --db-timeout
+# makes a modest table "large" here.
+@pytest.mark.gen_test(timeout=120)
+async def test_a_migration_may_take_longer_than_the_query_timeout(pg_server_url: str) -> None:
+    url = create_database(pg_server_url, f"imagelist_bigmig_{uuid.uuid4().hex[:8]}")
+    first = create_storage(url)
+    await first.open()
+    await first.close()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO images (id, name, tags, created_at, updated_at)"
+            " SELECT 'id' || n, 'nginx', '{latest}', now(), now()"
+            " FROM generate_series(1, 60000) AS n"
+        )
+        # Back to the schema before migration 3 (its trigger and function gone).
+        cur.execute("DROP TRIGGER images_entry_json ON images")
+        cur.execute("DROP FUNCTION imagelist_entry_json_v1()")
+        cur.execute("UPDATE imagelist_schema SET version = 2")
+    conn.close()
+    store = create_storage(url, timeout=0.1)
+    await store.open()
+    try:
+        assert await store.count() == 60000
+    finally:
+        await store.close()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT version FROM imagelist_schema")
+        assert cur.fetchall() == [(len(POSTGRES),)]
+        cur.execute("SELECT count(*) FROM images WHERE entry_json IS NULL")
+        assert cur.fetchone() == (0,)
+    conn.close()
+
+
+# A second instance starting while another holds the migration lock waited
+# out statement_timeout and died of aiopg's CancelledError; it now starts,
+# answers 503s, and connects once the lock is free.
+@pytest.mark.gen_test(timeout=60)
+async def test_an_instance_waiting_on_the_migration_lock_starts_and_recovers(
+    pg_server_url: str,
+) -> None:
+    url = create_database(pg_server_url, f"imagelist_lock_{uuid.uuid4().hex[:8]}")
+    other = psycopg2.connect(url)
+    with other.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    store = create_storage(url, timeout=0.5)
+    try:
+        await store.open()
+        with pytest.raises(StorageUnavailable):
+            await store.count()
+        other.close()
+        await asyncio.sleep(1.5)  # past the store's retry interval
+        assert await store.count() == 0
+    finally:
+        other.close()
+        await store.close()
