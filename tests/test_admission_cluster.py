@@ -10,19 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from k8s import admission_review, image_review, pod_spec, provider_request
-from tornado.httpclient import AsyncHTTPClient
 
 from client import Client
 from helpers import running_app
 from pgcluster import create_database
-
-
-@pytest.fixture
-def http_client(io_loop):
-    """A client of its own: pytest-tornado's comes with an app we don't want."""
-    client = AsyncHTTPClient(force_instance=True)
-    yield client
-    client.close()
 
 
 @contextlib.asynccontextmanager
