@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from handlers.errors import ApiError
 from handlers.validation import check_id, check_name, check_tags
 from storage import Storage
+from storage.errors import Invalid
 from storage.legacy import Survey
 from storage.reference import normalize_name
 
@@ -35,8 +35,8 @@ FILLS = {"tags": "[]", "name": '""', "created_at": ZERO, "updated_at": ZERO}
 def _refusal(check: Callable[[Any], Any], value: Any) -> str | None:
     try:
         check(value)
-    except ApiError as exc:
-        return exc.message
+    except Invalid as exc:
+        return str(exc)
     return None
 
 
