@@ -23,6 +23,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,8 @@ ROOT_ENV = {
 WALKED = ("/etc", "/lib/systemd", "/usr/lib/systemd", "/var/lib/systemd", "/usr/share/doc")
 LISTED = ("/opt", "/usr/bin", "/usr/sbin", "/var/lib", "/var/lib/dpkg/info")
 
+#: The daemon's state directories (in /tmp, so that imagelist may enter them).
+THROWAWAY_STATE = "imagelist-deb-state-"
 #: The line the next release adds to the environment file, and an admin's edit.
 NEXT_RELEASE_LINE = "# A line the next release adds.\n"
 ADMIN_EDIT = "IMAGELIST_ADMISSION_MODE=warn\n"
@@ -156,6 +159,8 @@ def restore(before: MachineState) -> None:
     if even that fails, remove by hand what is new since `before`."""
     if machine_state() == before:
         return
+    if not any(a.startswith("passwd:") for a in before.accounts):
+        stop_processes_of_the_test_user()
     if installed_status() and dpkg("--purge", PACKAGE, check=False).returncode != 0:
         # Maintainer scripts that fail would block the purge forever.
         for script in ("prerm", "postrm"):
@@ -170,10 +175,24 @@ def restore(before: MachineState) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.lexists(path):
             os.unlink(path)
+    for state in Path(tempfile.gettempdir()).glob(THROWAWAY_STATE + "*"):
+        shutil.rmtree(state, ignore_errors=True)
     if not any(a.startswith("passwd:") for a in before.accounts):
         run("userdel", PACKAGE, check=False)
     if not any(a.startswith("group:") for a in before.accounts):
         run("groupdel", PACKAGE, check=False)
+
+
+def stop_processes_of_the_test_user() -> None:
+    """A daemon a killed run left behind: the user exists only because this
+    file created it, so every process of that user is one this file started
+    (a run holding the lock is the only one that may have)."""
+    with contextlib.suppress(KeyError):
+        uid = pwd.getpwnam(PACKAGE).pw_uid
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and proc.stat().st_uid == uid:
+                    os.kill(int(proc.name), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -353,7 +372,7 @@ def test_service_is_enabled_and_started_only_where_systemd_runs(installed: Packa
 
 def test_installed_command_serves_http_as_the_imagelist_user(installed: Packages) -> None:
     user = pwd.getpwnam(PACKAGE)
-    state = Path(tempfile.mkdtemp(prefix="imagelist-deb-state-"))
+    state = Path(tempfile.mkdtemp(prefix=THROWAWAY_STATE))
     try:
         os.chown(state, user.pw_uid, user.pw_gid)
         daemon = InstalledDaemon(state)
