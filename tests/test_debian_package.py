@@ -345,6 +345,13 @@ def test_install_puts_the_command_units_and_environment_file_in_place(
     assert owner_mode(ENV_FILE) == ("root", PACKAGE, 0o640)
     assert "#IMAGELIST_TOKENS_FILE=/etc/imagelist/tokens.yaml" in ENV_FILE.read_text()
 
+    # The virtualenv is root's: the service can change none of its code.
+    writable = [
+        p for p in [VENV, *VENV.rglob("*")]
+        if not p.is_symlink() and (p.lstat().st_uid != 0 or p.lstat().st_mode & 0o022)
+    ]  # fmt: skip
+    assert not writable
+
     # Every file as shipped; bytecode compiled on the machine, none shipped.
     assert run("dpkg", "--verify", PACKAGE).stdout == ""
     listed = run("dpkg-query", "--listfiles", PACKAGE).stdout.splitlines()
