@@ -103,9 +103,11 @@ def deb_field(deb: Path, field: str) -> str:
 
 
 def installed_status() -> str:
-    """dpkg's status abbreviation ("ii", "rc", ...); "" when dpkg does not know it."""
+    """dpkg's status abbreviation ("ii", "rc", ...); "" when not on the machine
+    (unknown to dpkg, or only remembered as not installed: "un", "pn")."""
     result = run("dpkg-query", "--show", "--showformat=${db:Status-Abbrev}", PACKAGE, check=False)
-    return result.stdout.strip() if result.returncode == 0 else ""
+    status = result.stdout.strip() if result.returncode == 0 else ""
+    return "" if status[1:2] == "n" else status
 
 
 def owner_mode(path: Path) -> tuple[str, str, int]:
