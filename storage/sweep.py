@@ -1,6 +1,6 @@
 """The periodic sweep that gives rows written by other writers their keys.
 
-A row the Go service or an admin's psql writes has no match keys (they are
+A row the Go service or an admin's psql writes has no reference keys (they are
 Python's to compute, storage.reference) and allows nothing until it has
 them. Every instance sweeps: each pass computes keys in bounded batches
 until none is left, then sleeps. A row any writer adds therefore decides
