@@ -158,7 +158,7 @@ def request_files(workdir: Path, images: int, sample: int) -> dict[str, Path]:
         (
             "POST",
             "/admission/validate",
-            admission_review(k, [e.image for e in rng.sample(picked, 10)]),
+            admission_review(k, [e.reference for e in rng.sample(picked, 10)]),
         )
         for k in range(min(200, len(picked)))
     ]
@@ -167,7 +167,7 @@ def request_files(workdir: Path, images: int, sample: int) -> dict[str, Path]:
         "name": get([f"/images?name={q(e.name, safe='')}" for e in picked]),
         "list": get(["/images"]),
         "ping": get(["/health/ping"]),
-        "allowed": get([f"/allowed?image={q(e.image, safe='')}" for e in picked]),
+        "allowed": get([f"/allowed?image={q(e.reference, safe='')}" for e in picked]),
         "review": reviews,
         "hello": get(["/"]),
     }

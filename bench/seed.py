@@ -37,7 +37,7 @@ class Entry:
     at: dt.datetime
 
     @property
-    def image(self) -> str:
+    def reference(self) -> str:
         """A reference this entry allows (name:tag)."""
         return f"{self.name}:{self.tags[0]}"
 
