@@ -182,9 +182,6 @@ async def assemble(config: Config) -> AsyncIterator[RunningApp]:
             raise StartupError(
                 "storage_open_failed", 1, storage=storage.kind, error=str(exc)
             ) from None
-        # Rows other writers add get their reference keys (cancelled after
-        # the drain, before the store closes).
-        stack.push_async_callback(cancel, asyncio.create_task(sweep_stale_keys(storage)))
         ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
         server = HTTPServer(
             make_app(ctx),
@@ -231,7 +228,13 @@ async def serve(config: Config) -> int:
     pinger: asyncio.Task[None] | None = None
     try:
         async with assemble(config) as running:
-            pinger = await run_until_stopped(running)
+            # Rows other writers add get their reference keys; stopped
+            # before the app drains and its store closes.
+            sweeper = asyncio.create_task(sweep_stale_keys(running.ctx.storage))
+            try:
+                pinger = await run_until_stopped(running)
+            finally:
+                await cancel(sweeper)
     except StartupError as exc:
         log.error(exc.event, **exc.fields)
         return exc.status
