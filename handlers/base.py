@@ -15,6 +15,7 @@ from tornado.httputil import HTTPServerRequest
 from config.logging import event_writer
 from handlers.context import AppContext
 from handlers.errors import ApiError, map_exception
+from handlers.paging import ascii_digits
 
 log = structlog.get_logger("imagelist.http")
 # The request line's fast path (see config.logging.JsonLinesHandler).
@@ -196,7 +197,7 @@ class BodyHandler(BaseHandler):
         self._too_large = False
         limit = self.ctx.config.max_body_size
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and ascii_digits(length) and int(length) > limit:
             raise self.too_large()
         self.request.connection.set_max_body_size(limit * 16)
 
