@@ -17,6 +17,7 @@ from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from config import Config, ConfigError, load_config
+from config.dsn import password_of
 from config.logging import setup_logging
 from config.systemd import notify, watchdog_interval
 from config.tls import ReloadableTls
@@ -172,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imagelist: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_format, config.debug)
+    setup_logging(config.log_format, config.debug, secrets=[password_of(config.database_url) or ""])
     return asyncio.run(serve(config))
 
 

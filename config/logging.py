@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -19,8 +19,15 @@ import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+from config.redact import Redactor
 
-def setup_logging(log_format: str = "json", debug: bool = False) -> None:
+
+def setup_logging(
+    log_format: str = "json", debug: bool = False, secrets: Iterable[str] = ()
+) -> None:
+    """`secrets` (the database password) are scrubbed from every line, as
+    are bearer tokens and Authorization values (config.redact)."""
+    redactor = Redactor(secrets)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -33,10 +40,13 @@ def setup_logging(log_format: str = "json", debug: bool = False) -> None:
             colors=sys.stdout.isatty()
         )
         exc: list[structlog.typing.Processor] = []
+        # The console renderer writes tracebacks itself: scrub its text.
+        after: list[structlog.typing.Processor] = [lambda _l, _m, line: redactor.text(line)]
     else:
         renderer = structlog.processors.JSONRenderer(serializer=dumps_json)
         # Frame locals can hold tokens and passwords: never render them.
         exc = [structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))]
+        after = []
 
     structlog.configure(
         processors=[
@@ -53,13 +63,15 @@ def setup_logging(log_format: str = "json", debug: bool = False) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *exc,
+            redactor,
             renderer,
+            *after,
         ],
     )
     handler = (
         logging.StreamHandler(sys.stdout)
         if log_format == "console"
-        else JsonLinesHandler(sys.stdout)
+        else JsonLinesHandler(sys.stdout, redactor)
     )
     handler.setFormatter(formatter)
     root = logging.getLogger()
@@ -95,7 +107,13 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     the one structlog would write, through the same stream and lock.
     """
 
+    def __init__(self, stream: Any, redactor: Redactor | None = None) -> None:
+        super().__init__(stream)
+        self.redactor = redactor or Redactor()
+
     def write_event(self, logger: str, level: str, event: str, fields: dict[str, Any]) -> None:
+        # Request fields come from the client (the path): scrubbed like any.
+        fields = self.redactor(None, level, fields)
         fields["event"] = event
         fields["level"] = level
         fields["logger"] = logger
