@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from config.dsn import DsnError, check_postgres_dsn, redacted
+
 ENV_PREFIX = "IMAGELIST_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -215,6 +217,12 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     url = database_url(ns)
     if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
         raise ConfigError(f"--database-url {url!r}: a SQLite URL is sqlite:///PATH")
+    if not url.startswith("sqlite:"):
+        try:
+            check_postgres_dsn(url)
+        except DsnError as exc:
+            given = "--database-url" if ns.database_url else "the --db* options give"
+            raise ConfigError(f"{given} {redacted(url)!r}: {exc}") from None
     return Config(
         listen_host=host,
         listen_port=port,
