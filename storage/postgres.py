@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -30,7 +31,13 @@ from storage.base import (
     observed,
     warn_if_unmatchable,
 )
-from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
+from storage.errors import (
+    Invalid,
+    NotFound,
+    StorageError,
+    StorageMisconfigured,
+    StorageUnavailable,
+)
 from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
 from storage.reference import ImageRef, reference_keys
 from storage.sql import (
@@ -179,6 +186,29 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Server answers that no amount of waiting heals: wrong credentials, an
+# unknown role or database, an sslmode the server cannot meet. Refused
+# connections, timeouts and "too many clients" are outages: retried.
+_PERMANENT = re.compile(
+    r"authentication failed|no password supplied|no pg_hba\.conf entry"
+    r'|role ".*" does not exist|database ".*" does not exist'
+    r"|permission denied for database|does not support SSL",
+)
+_LIBPQ_PREFIX = re.compile(r"^connection to server (at|on socket) .*? failed: ")
+
+
+def describe_connect_error(dsn: str, exc: BaseException) -> tuple[str, bool]:
+    """One line naming the server (never the password) and its reason, and
+    whether the error is permanent (configuration, not an outage)."""
+    params = parse_dsn(dsn)
+    where = f"{params.get('host') or 'local socket'}:{params.get('port') or 5432}"
+    reason = _LIBPQ_PREFIX.sub("", " ".join(str(exc).split())) or type(exc).__name__
+    if isinstance(exc, psycopg2.OperationalError) and _PERMANENT.search(reason):
+        user, dbname = params.get("user", "(default)"), params.get("dbname", "(default)")
+        return f"{where} refused user {user!r} on database {dbname!r}: {reason}", True
+    return f"{where}: {reason}", False
+
+
 def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
     """One single-host DSN per host of a (possibly multi-host) DSN, and
     whether the caller must insist on a writable server."""
@@ -256,6 +286,10 @@ class PostgresStorage(Storage):
     async def open(self) -> None:
         try:
             await self._get_pool()
+        except StorageMisconfigured as exc:
+            # Waiting cannot heal it: refuse to start (at run time it is a
+            # 503 like any outage, and retried, as an admin may fix it).
+            raise StorageError(str(exc)) from None
         except StorageUnavailable as exc:
             log.warning("PostgreSQL unavailable at start-up, will retry: %s", exc)
         except psycopg2.Error as exc:
@@ -288,12 +322,14 @@ class PostgresStorage(Storage):
                 return self._pool
             if self._closed:
                 raise StorageUnavailable("the store is closed")
-            errors = []
+            errors, permanent = [], False
             for dsn in self._hosts:
                 try:
                     pool = await self._connect(dsn)
                 except _CONNECTION_ERRORS as exc:
-                    errors.append(str(exc).strip() or type(exc).__name__)
+                    message, refused = describe_connect_error(dsn, exc)
+                    errors.append(message)
+                    permanent = permanent or refused
                     continue
                 except asyncio.CancelledError:
                     # e.g. waiting for the migration lock another instance holds
@@ -305,6 +341,8 @@ class PostgresStorage(Storage):
                 return pool
             self._last_failure = time.monotonic()
             self._last_error = "database unavailable: " + "; ".join(errors)
+            if permanent:
+                raise StorageMisconfigured(self._last_error)
             raise StorageUnavailable(self._last_error)
 
     async def _connect(self, dsn: str) -> aiopg.Pool:

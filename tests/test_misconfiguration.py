@@ -3,12 +3,17 @@ a non-zero exit, never the password."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.parse
+from pathlib import Path
 
+import psycopg2
 import pytest
 
-from daemon import ROOT
+from daemon import ROOT, Daemon
+from pgcluster import PgCluster, free_port
 
 PASSWORD = "Sekr1t-pw"
 
@@ -54,3 +59,57 @@ def test_bad_db_options_exit_2_naming_the_problem() -> None:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "the --db* options" in done.stderr and "port '54x2' is not a number" in done.stderr
     assert PASSWORD not in done.stdout + done.stderr
+
+
+def refusal(url: str) -> str:
+    """Start the daemon on `url`: it must exit non-zero before listening,
+    with one storage_open_failed line; that line's error."""
+    done = run_daemon("--database-url", url, timeout=60)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert "listening" not in [e["event"] for e in events]
+    failed = [e for e in events if e["event"] == "storage_open_failed"]
+    assert len(failed) == 1, done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
+    return str(failed[0]["error"])
+
+
+def test_an_unknown_role_or_database_stops_start_up(pg_server_url: str) -> None:
+    server = urllib.parse.urlsplit(pg_server_url)
+    where = f"127.0.0.1:{server.port}"
+    role = server._replace(netloc=f"nobody:{PASSWORD}@{server.netloc.rpartition('@')[2]}")
+    error = refusal(role._replace(path="/postgres").geturl())
+    assert where in error and "'nobody'" in error and "'postgres'" in error
+    assert 'role "nobody" does not exist' in error
+    error = refusal(server._replace(path="/no_such_db").geturl())
+    assert where in error and "'no_such_db'" in error
+    assert 'database "no_such_db" does not exist' in error
+    # An sslmode the server cannot meet.
+    error = refusal(server._replace(query="sslmode=require").geturl())
+    assert where in error and "does not support SSL" in error
+
+
+def test_a_wrong_password_stops_start_up(pg_cluster: PgCluster) -> None:
+    admin = psycopg2.connect(pg_cluster.url())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("CREATE ROLE pwuser LOGIN PASSWORD 'the-right-one'")
+    hba = Path(pg_cluster.data) / "pg_hba.conf"
+    hba.write_text("host all pwuser 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_reload_conf()")
+    admin.close()
+    url = f"postgresql://pwuser:{PASSWORD}@127.0.0.1:{pg_cluster.port}/postgres"
+    error = refusal(url)
+    assert f"127.0.0.1:{pg_cluster.port}" in error and "'pwuser'" in error
+    assert 'password authentication failed for user "pwuser"' in error
+
+
+def test_a_refused_connection_is_retried_and_named() -> None:
+    port = free_port()
+    with Daemon("--database-url", f"postgresql://u:{PASSWORD}@127.0.0.1:{port}/db") as d:
+        assert d.request("GET", "/health/ping")[0] == 503
+    assert d.stop() in (0, None)
+    text = "\n".join(d.output)
+    assert f"127.0.0.1:{port}" in text and "Connection refused" in text
+    assert PASSWORD not in text
