@@ -10,13 +10,12 @@ cannot follow libpq's own host fallback (see STYLE.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiopg
 import psycopg2
@@ -39,6 +38,7 @@ from storage.errors import (
     StorageUnavailable,
 )
 from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
+from storage.pgpool import ConnectionPool, NoConnection
 from storage.reference import ImageRef, reference_keys
 from storage.sql import (
     SELECT_COLUMNS,
@@ -274,7 +274,7 @@ class PostgresStorage(Storage):
         self._pool_size = pool_size
         self._timeout = timeout
         self._retry_interval = retry_interval
-        self._pool: aiopg.Pool | None = None
+        self._pool: ConnectionPool | None = None
         self._pool_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(pool_size)
         self._last_failure = 0.0
@@ -299,18 +299,16 @@ class PostgresStorage(Storage):
 
     async def close(self) -> None:
         self._closed = True
-        await self._drop_pool()
+        await self._drop_pool(terminate=True)
 
-    async def _drop_pool(self) -> None:
+    async def _drop_pool(self, terminate: bool = False) -> None:
+        """Forget the pool: idle connections close now, used ones when
+        their request ends (`terminate`: at once)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close()
-            try:
-                await asyncio.wait_for(pool.wait_closed(), self._timeout)
-            except (TimeoutError, *_CONNECTION_ERRORS):
-                pool.terminate()
+            pool.terminate() if terminate else pool.close()
 
-    async def _get_pool(self) -> aiopg.Pool:
+    async def _get_pool(self) -> ConnectionPool:
         if self._pool is not None:
             return self._pool
         # Fail fast while the database is known to be down, instead of every
@@ -345,26 +343,35 @@ class PostgresStorage(Storage):
                 raise StorageMisconfigured(self._last_error)
             raise StorageUnavailable(self._last_error)
 
-    async def _connect(self, dsn: str) -> aiopg.Pool:
-        pool = await aiopg.create_pool(
-            dsn,
-            # Warm: every connection is opened up front and kept (aiopg
-            # closes none while idle), so load never waits for a connect.
-            minsize=self._pool_size,
+    async def _connect(self, dsn: str) -> ConnectionPool:
+        def connect() -> Awaitable[Any]:
+            return aiopg.connect(
+                dsn,
+                # The server's statement_timeout is the query bound: it
+                # leaves the connection usable. aiopg's own timer is the
+                # backstop for a server that stopped answering; were it to
+                # fire first (as it did, at the same value), it would close
+                # the connection and the slow query would be retried.
+                timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
+                enable_hstore=False,
+                enable_json=False,
+                enable_uuid=False,
+                options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
+            )
+
+        pool = ConnectionPool(
+            connect,
             maxsize=self._pool_size,
-            # The server's statement_timeout is the query bound: it leaves
-            # the connection usable. aiopg's own timer is the backstop for a
-            # server that stopped answering; were it to fire first (as it
-            # did, at the same value), it would close the connection and the
-            # slow query would be retried and then drop the whole pool.
-            timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
-            enable_hstore=False,
-            enable_json=False,
-            enable_uuid=False,
-            options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
+            timeout=self._timeout,
+            errors=_CONNECTION_ERRORS,
+            retry_interval=self._retry_interval,
         )
         try:
-            async with pool.acquire() as conn:
+            # Warm: opened up front and kept, so load never waits for a
+            # connect; fewer than --db-pool-size is fine.
+            await pool.fill()
+            conn = await pool.acquire()
+            try:
                 if self._want_rw:
                     async with conn.cursor() as cur:
                         await cur.execute(READ_ONLY_SQL)
@@ -373,12 +380,10 @@ class PostgresStorage(Storage):
                         raise psycopg2.OperationalError("server is read-only")
                 async with conn.cursor(timeout=MIGRATION_TIMEOUT) as cur:
                     await self._migrate(cur)
+            finally:
+                pool.release(conn)
         except BaseException:
-            # terminate() closes only connections in use; the idle ones stay
-            # open (and each warns) until wait_closed() closes them.
             pool.terminate()
-            with contextlib.suppress(Exception):
-                await pool.wait_closed()
             raise
         return pool
 
@@ -442,28 +447,52 @@ class PostgresStorage(Storage):
             slots.release()
 
     async def _run_on_pool(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run `op(cursor)`, retrying once on a fresh connection: after a
-        database restart the pool still holds dead connections, and every
+        """Run `op(cursor)`; when its connection died (a restart,
+        pg_terminate_backend), drop it and retry once on a fresh one: every
         operation here is idempotent."""
         for attempt in (1, 2):
             pool = await self._get_pool()
             try:
-                async with pool.acquire() as conn, conn.cursor() as cur:
-                    return await op(cur)
+                conn = await pool.acquire(fresh=attempt == 2)
+            except NoConnection as exc:
+                # Busy, not broken: keep the pool and its connections.
+                raise StorageUnavailable(f"database busy: {exc}") from None
             except _CONNECTION_ERRORS as exc:
-                if attempt == 2:
-                    # Possibly a failover: choose the host again next time.
-                    await self._drop_pool()
-                    self._last_failure = time.monotonic()
-                    self._last_error = (
-                        f"database unavailable: {str(exc).strip() or type(exc).__name__}"
-                    )
-                    raise StorageUnavailable(self._last_error) from exc
+                # Not one connection left and none to be had: an outage.
+                await self._lost(pool, exc)
+                raise AssertionError("unreachable") from exc
+            try:
+                async with conn.cursor() as cur:
+                    result = await op(cur)
+            except _CONNECTION_ERRORS as exc:
+                pool.release(conn, discard=True)
+                if attempt == 2 or isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
+                    await self._lost(pool, exc)
             except psycopg2.DataError as exc:
+                pool.release(conn)
                 raise Invalid(str(exc).strip()) from exc
             except psycopg2.Error as exc:
+                pool.release(conn)
                 raise StorageError(f"database error: {exc.pgerror or exc}") from exc
+            except BaseException:
+                pool.release(conn)
+                raise
+            else:
+                pool.release(conn)
+                return result
         raise AssertionError("unreachable")
+
+    async def _lost(self, pool: ConnectionPool, exc: BaseException) -> NoReturn:
+        """A 503 for a connection error; the pool is dropped (and the host
+        chosen again: a failover) only when it has no live connection left
+        or reached a read-only server, never for one dead connection."""
+        reason = str(exc).strip() or type(exc).__name__
+        gone = pool.size == 0 or isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction)
+        if gone and pool is self._pool:
+            await self._drop_pool()
+            self._last_failure = time.monotonic()
+            self._last_error = f"database unavailable: {reason}"
+        raise StorageUnavailable(f"database unavailable: {reason}") from exc
 
     def pool_stats(self) -> PoolStats:
         pool = self._pool
