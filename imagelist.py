@@ -18,12 +18,14 @@ from tornado.netutil import bind_sockets
 
 from config import Config, ConfigError, load_config
 from config.dsn import password_of
+from config.fdlimit import default_max_connections, raise_nofile_limit
 from config.logging import setup_logging
 from config.systemd import notify, watchdog_interval
 from config.tls import ReloadableTls
 from config.tokens import TokenFileError, TokenRegistry
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
+from handlers.connections import GuardedSocket, LimitedHTTPServer
 from handlers.metrics import Metrics
 from storage import Storage, StorageError, create_storage
 
@@ -81,6 +83,19 @@ def watch_tokens(ctx: AppContext) -> FileWatcher | None:
     return watcher
 
 
+def connection_limit(config: Config) -> int:
+    """--max-connections, or what fits under the descriptor limit, which
+    is first raised to the hard limit."""
+    soft, hard, error = raise_nofile_limit()
+    if error:
+        log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=error)
+    limit = config.max_connections or default_max_connections(soft, config.db_pool_size)
+    if limit > soft:
+        log.warning("max_connections_above_fd_limit", max_connections=limit, fd_limit=soft)
+    log.info("connection_limit", max_connections=limit, fd_limit=soft)
+    return limit
+
+
 def build_storage(config: Config, metrics: Metrics) -> Storage:
     """The store the configuration names, reporting to `metrics`."""
     return create_storage(
@@ -116,17 +131,22 @@ async def serve(config: Config) -> int:
             return 1
         ssl_options = tls.context
         ctx.reload_hooks.append(tls.reload)
-    server = HTTPServer(
+    max_connections = connection_limit(config)
+    server = LimitedHTTPServer(
         make_app(ctx),
+        max_connections=max_connections,
         ssl_options=ssl_options,
         max_body_size=config.max_body_size * 16,
         idle_connection_timeout=60,
         body_timeout=30,
     )
     try:
-        sockets = bind_sockets(
-            config.listen_port, address=config.listen_host or None, reuse_port=config.reuse_port
-        )
+        sockets = [
+            GuardedSocket.wrap(s)
+            for s in bind_sockets(
+                config.listen_port, address=config.listen_host or None, reuse_port=config.reuse_port
+            )
+        ]
     except OSError as exc:
         log.error(
             "listen_failed", listen=f"{config.listen_host}:{config.listen_port}", error=str(exc)
@@ -145,7 +165,12 @@ async def serve(config: Config) -> int:
     # Announced only now: the sockets listen and every signal handler is in
     # place (a SIGHUP sent on seeing this would otherwise kill the daemon).
     log.info(
-        "listening", host=config.listen_host or "*", port=port, storage=storage.kind, tls=config.tls
+        "listening",
+        host=config.listen_host or "*",
+        port=port,
+        storage=storage.kind,
+        tls=config.tls,
+        max_connections=max_connections,
     )
     sd_notify(f"READY=1\nSTATUS=listening on port {port}")
     interval = watchdog_interval()

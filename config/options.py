@@ -42,6 +42,7 @@ class Config:
     shutdown_timeout: float
     reuse_port: bool
     admission_mode: str
+    max_connections: int = 0  # 0: from the descriptor limit at start
 
     @property
     def storage_kind(self) -> str:
@@ -134,6 +135,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "seconds to let in-flight requests finish on SIGTERM",
         "10",
         metavar="SECONDS",
+    )
+    add(
+        "max-connections",
+        "most client connections held open; unset or 0: from the file-descriptor limit",
+        metavar="N",
     )
     flag("reuse-port", "set SO_REUSEPORT so several instances can share one port")
     add(
@@ -239,4 +245,5 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         shutdown_timeout=float(_number("shutdown-timeout", ns.shutdown_timeout, float, 0)),
         reuse_port=bool(ns.reuse_port),
         admission_mode=str(ns.admission_mode),
+        max_connections=int(_number("max-connections", ns.max_connections or 0, int, 0)),
     )

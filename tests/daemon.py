@@ -23,6 +23,8 @@ class Daemon:
 
     #: The script to run (a test may run a wrapper around imagelist.py).
     program: Path = ROOT / "imagelist.py"
+    #: A command the daemon runs under (e.g. prlimit); it must exec it.
+    prefix: tuple[str, ...] = ()
 
     def __init__(
         self, *args: str, env: dict[str, str] | None = None, port: int | None = None
@@ -39,7 +41,7 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 15) -> Daemon:
         self.output = []
         self.proc = subprocess.Popen(
-            [sys.executable, str(self.program), *self.args],
+            [*self.prefix, sys.executable, str(self.program), *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
