@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tokenfiles import bearer, entry, tokens_yaml, write_in_place
+
 from daemon import Daemon
 
 
@@ -102,3 +104,35 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_limit(tmp_path: Path) -
         assert d.proc is not None
         assert fd_limits(d.proc.pid) == (2048, 2048)
         assert d.wait_for_log("connection_limit")["fd_limit"] == 2048
+
+
+def test_a_revocation_that_met_exhaustion_is_applied_afterwards(tmp_path: Path) -> None:
+    """The tokens-file reload failed with EMFILE during an attack and was
+    never retried: the revoked token kept working until SIGHUP."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(tokens_yaml(entry("ci", "Revoked-Soon-Token"), entry("other", "Other-T0ken")))
+    with LimitedDaemon(
+        "--database-url",
+        f"sqlite:///{tmp_path}/db",
+        "--tokens-file",
+        str(tokens),
+        "--max-connections",
+        "5000",
+        nofile="96:96",
+    ) as d:
+        assert d.request("DELETE", "/images/x", headers=bearer("Revoked-Soon-Token"))[0] == 204
+        with idle_connections(d.port, 150):
+            write_in_place(tokens, tokens_yaml(entry("other", "Other-T0ken")))
+            deadline = time.monotonic() + 10
+            while not any(
+                e["event"] == "tokens_reload_failed" and "Too many open files" in e["error"]
+                for e in d.logs()
+            ):
+                assert time.monotonic() < deadline, "the reload never met EMFILE"
+                time.sleep(0.05)
+        # The attack is over; no SIGHUP, no further change to the file.
+        deadline = time.monotonic() + 15
+        while d.request("DELETE", "/images/x", headers=bearer("Revoked-Soon-Token"))[0] != 401:
+            assert time.monotonic() < deadline, "the revoked token still works"
+            time.sleep(0.1)
+        assert d.request("DELETE", "/images/x", headers=bearer("Other-T0ken"))[0] == 204
