@@ -136,7 +136,8 @@ async def serve(config: Config) -> int:
         make_app(ctx),
         max_connections=max_connections,
         ssl_options=ssl_options,
-        max_body_size=config.max_body_size * 16,
+        # Routes that take a body raise it for their request (BodyHandler).
+        max_body_size=config.max_body_size,
         idle_connection_timeout=60,
         body_timeout=30,
     )

@@ -28,9 +28,14 @@ _BEARER = re.compile(r"^Bearer +([^\s]+) *$", re.IGNORECASE)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="imagelist"'}
 
 
+# Every handler streams its request body, so a route that takes none can
+# refuse one from its headers instead of Tornado buffering it first.
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
     #: The route as declared, for logs and metrics (never the raw path).
     route: str = "unmatched"
+    #: The methods that take a request body here (see BodyHandler).
+    body_methods: frozenset[str] = frozenset()
 
     ctx: AppContext
     request_id: str
@@ -75,6 +80,22 @@ class BaseHandler(tornado.web.RequestHandler):
         # it a request whose body never arrives stays in flight for ever.
         super().on_connection_close()
         self.on_finish()
+
+    def prepare(self) -> None:
+        self.refuse_unwanted_body()
+
+    def refuse_unwanted_body(self) -> None:
+        """413 for a body on a method that takes none, before reading it."""
+        method = self.request.method or ""
+        if method in self.body_methods or method not in self.allowed_methods():
+            return  # a body is welcome, or the method gets its 405
+        headers = self.request.headers
+        length = headers.get("Content-Length", "0")
+        if "Transfer-Encoding" in headers or not (ascii_digits(length) and int(length) == 0):
+            raise ApiError(413, f"{method} {self.route} takes no request body")
+
+    def data_received(self, chunk: bytes) -> None:
+        """A refused body's bytes still arrive (until the connection closes): dropped."""
 
     def query(self, name: str) -> str | None:
         """The last `name` query parameter, exactly as sent.
@@ -191,7 +212,10 @@ class BodyHandler(BaseHandler):
     backstop (16x) for a chunked body that never ends.
     """
 
+    body_methods = frozenset({"PUT", "POST"})
+
     def prepare(self) -> None:
+        self.refuse_unwanted_body()
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
