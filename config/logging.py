@@ -118,13 +118,56 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         fields["level"] = level
         fields["logger"] = logger
         fields["timestamp"] = utc_timestamp()
-        line = dumps_json(fields, repr) + "\n"
+        line = bounded_line(dumps_json(fields, repr)) + "\n"
         with self.lock:  # type: ignore[union-attr]
             try:
                 self.stream.write(line)
                 self.stream.flush()
             except Exception:
                 self.handleError(logging.makeLogRecord({"msg": event}))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return bounded_line(super().format(record))
+
+
+# journald splits a line over LineMax (48 KiB by default) into several
+# records, and a split JSON line is no longer JSON: stay well below.
+MAX_LINE = 16 * 1024
+MAX_FIELD = 1024  # characters of one string, in a line that was too long
+MAX_ITEMS = 20  # items of one list, in a line that was too long
+
+
+def _shrunk(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_FIELD:
+        return value[:MAX_FIELD] + f"...[{len(value) - MAX_FIELD} more characters]"
+    if isinstance(value, list):
+        items = [_shrunk(v) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            items.append(f"...[{len(value) - MAX_ITEMS} more items]")
+        return items
+    if isinstance(value, dict):
+        return {k: _shrunk(v) for k, v in value.items()}
+    return value
+
+
+def bounded_line(line: str) -> str:
+    """`line` (one JSON object) at most MAX_LINE long: long strings and
+    lists are cut, marked as cut, and the line says it was truncated."""
+    if len(line) <= MAX_LINE:
+        return line
+    try:
+        fields = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        fields = {"event": "unparsable_log_line", "text": line}
+    if not isinstance(fields, dict):
+        fields = {"event": "unparsable_log_line", "text": line}
+    fields = _shrunk(fields)
+    fields["truncated_from"] = len(line)
+    shorter = dumps_json(fields)
+    if len(shorter) <= MAX_LINE:
+        return shorter
+    keep = ("event", "level", "logger", "timestamp", "request_id")
+    return dumps_json({k: fields[k] for k in keep if k in fields} | {"truncated_from": len(line)})
 
 
 def event_writer(logger: str) -> Callable[[str, str, dict[str, Any]], bool]:
