@@ -26,6 +26,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _HANDLER_METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
 _BEARER = re.compile(r"^Bearer +([^\s]+) *$", re.IGNORECASE)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="imagelist"'}
+CLIENT_CLOSED_REQUEST = 499
 
 
 # Every handler streams its request body, so a route that takes none can
@@ -40,6 +41,9 @@ class BaseHandler(tornado.web.RequestHandler):
     ctx: AppContext
     request_id: str
     token_name: str | None = None
+    #: The request line is written once (a handler may still finish after
+    #: its client left).
+    request_logged: bool = False
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -79,6 +83,12 @@ class BaseHandler(tornado.web.RequestHandler):
         # Tornado's own version fails a streamed body's pending read; without
         # it a request whose body never arrives stays in flight for ever.
         super().on_connection_close()
+        if self._counted:
+            # The client hung up before the answer (mid-body, or while we
+            # worked): nginx's 499 "client closed request", in the metrics
+            # and the request log, never the 200 that was never sent.
+            self.set_status(CLIENT_CLOSED_REQUEST)
+            log_request(self)
         self.on_finish()
 
     def prepare(self) -> None:
@@ -262,6 +272,10 @@ def request_summary(handler: tornado.web.RequestHandler) -> dict[str, Any]:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
+    if isinstance(handler, BaseHandler):
+        if handler.request_logged:
+            return
+        handler.request_logged = True
     status = handler.get_status()
     level = "error" if status >= 500 else "warning" if status >= 400 else "info"
     fields = request_summary(handler)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,36 @@ def test_the_daemon_stays_small_and_well(daemon: Daemon) -> None:
     status, body, _ = daemon.request("PUT", "/images", raw=b"x" * 2_000_000)
     assert status == 413 and "larger than" in body["error"]
     assert [e for e in daemon.logs() if e.get("level") in ("error", "critical")] == []
+
+
+def metric(d: Daemon, name: str, **labels: str) -> float:
+    text = d.request("GET", "/metrics")[1].decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            got = ",".join(sorted(line[len(name) + 1 : line.index("}")].split(",")))
+            if got == want:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_499(tmp_path: Path) -> None:
+    with Daemon("--database-url", f"sqlite:///{tmp_path}/db") as d:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+                s.sendall(
+                    b"PUT /images HTTP/1.1\r\nHost: x\r\nX-Request-ID: gone-1\r\n"
+                    b"Content-Length: 1000\r\n\r\n" + b'{"id": "half' + b" " * 400
+                )
+        labels = {"route": "/images", "method": "PUT"}
+        deadline = time.monotonic() + 10
+        while metric(d, "imagelist_http_requests_total", **labels, status="499") < 3:
+            assert time.monotonic() < deadline, "the aborted requests were not counted as 499"
+            time.sleep(0.05)
+        assert metric(d, "imagelist_http_requests_total", **labels, status="200") == 0
+        assert (
+            metric(d, "imagelist_http_request_duration_seconds_count", **labels, status="499") == 3
+        )
+        assert d.request("GET", "/images/half")[0] == 404  # nothing was written
+    lines = [e for e in d.logs() if e["event"] == "request" and e.get("request_id") == "gone-1"]
+    assert [e["status"] for e in lines] == [499, 499, 499]
