@@ -150,11 +150,24 @@ def _shrunk(value: Any) -> Any:
     return value
 
 
+# JSON leaves these raw, but they end a line for Python's splitlines() and
+# for many log viewers: one event would read as two lines.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def bounded_line(line: str) -> str:
-    """`line` (one JSON object) at most MAX_LINE long: long strings and
-    lists are cut, marked as cut, and the line says it was truncated."""
-    if len(line) <= MAX_LINE:
-        return line
+    """`line` (one JSON object) as one line at most MAX_LINE long: Unicode
+    line breaks escaped; long strings and lists cut, marked as cut, and
+    the line says it was truncated."""
+    line = _one_line(line)
+    return _cut(line) if len(line) > MAX_LINE else line
+
+
+def _one_line(line: str) -> str:
+    return line if line.isascii() else line.translate(_LINE_BREAKS)
+
+
+def _cut(line: str) -> str:
     try:
         fields = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -163,11 +176,12 @@ def bounded_line(line: str) -> str:
         fields = {"event": "unparsable_log_line", "text": line}
     fields = _shrunk(fields)
     fields["truncated_from"] = len(line)
-    shorter = dumps_json(fields)
+    shorter = _one_line(dumps_json(fields))
     if len(shorter) <= MAX_LINE:
         return shorter
     keep = ("event", "level", "logger", "timestamp", "request_id")
-    return dumps_json({k: fields[k] for k in keep if k in fields} | {"truncated_from": len(line)})
+    minimal = {k: fields[k] for k in keep if k in fields} | {"truncated_from": len(line)}
+    return _one_line(dumps_json(minimal))
 
 
 def event_writer(logger: str) -> Callable[[str, str, dict[str, Any]], bool]:

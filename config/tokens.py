@@ -99,6 +99,9 @@ def _entry(raw: Any, number: int, fail: Any) -> TokenEntry:
             fail(f"{label}: 'token' is empty")
         if any(c.isspace() or not c.isprintable() for c in token):
             fail(f"{label}: 'token' contains whitespace or control characters")
+        if not token.isascii():
+            # HTTP clients send header values as ASCII (or latin-1): it could never match.
+            fail(f"{label}: 'token' must be ASCII; a non-ASCII token can never authenticate")
         digest = token_digest(token.encode("utf-8"))
     else:
         hashed = raw["token_sha256"]

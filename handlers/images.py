@@ -115,6 +115,12 @@ class ImagesHandler(BodyHandler):
 class ImageHandler(BaseHandler):
     route = "/images/{id}"
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # Tornado answers undecodable UTF-8 in the path with a 400 before any
+        # method runs: a DELETE without a token must get its 401 first.
+        # check_id() refuses the undecodable bytes (lone surrogates) later.
+        return value.decode("utf-8", "surrogateescape")
+
     async def get(self, image_id: str) -> None:
         image = await self.ctx.storage.get(check_id(image_id))
         self.write_json(image_json(image))

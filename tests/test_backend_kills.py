@@ -162,3 +162,28 @@ def test_a_full_server_and_a_lost_backend_leave_the_rest_of_the_pool_working(
     finally:
         for conn in hogs:
             conn.close()
+
+
+def test_a_server_short_of_slots_at_start_is_used_and_nothing_leaks(
+    pg_cluster: PgCluster,
+) -> None:
+    """Fewer free slots than --db-pool-size: the pool build failed, leaked
+    its connections (ResourceWarning, "Future exception was never
+    retrieved") and the daemon answered 503 until ten slots were free."""
+    url = create_database(pg_cluster.url(), "imagelist_short")
+    hogs: list = []
+    try:
+        occupy_every_slot(pg_cluster.url(), hogs)
+        for _ in range(3):
+            hogs.pop().close()
+        time.sleep(0.5)  # the server processes exit asynchronously
+        with Daemon("--database-url", url, "--db-pool-size", "10") as d:
+            assert parallel_statuses(d, "/health/ping", 30) == {200: 30}
+            assert d.request("PUT", "/images", {"id": "short", "name": "nginx"})[0] == 200
+            assert 1 <= pool_connections(d) <= 3
+    finally:
+        for conn in hogs:
+            conn.close()
+    text = "\n".join(d.output)
+    assert "ResourceWarning" not in text and "never retrieved" not in text
+    assert [e for e in d.logs() if e.get("level") in ("error", "critical")] == []
