@@ -41,7 +41,7 @@ def setup_logging(
         )
         exc: list[structlog.typing.Processor] = []
         # The console renderer writes tracebacks itself: scrub its text.
-        after: list[structlog.typing.Processor] = [lambda _l, _m, line: redactor.text(line)]
+        after: list[structlog.typing.Processor] = [redactor.rendered]
     else:
         renderer = structlog.processors.JSONRenderer(serializer=dumps_json)
         # Frame locals can hold tokens and passwords: never render them.
@@ -113,7 +113,7 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_event(self, logger: str, level: str, event: str, fields: dict[str, Any]) -> None:
         # Request fields come from the client (the path): scrubbed like any.
-        fields = self.redactor(None, level, fields)
+        self.redactor(None, level, fields)  # in place
         fields["event"] = event
         fields["level"] = level
         fields["logger"] = logger

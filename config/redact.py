@@ -11,7 +11,7 @@ database password).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -61,8 +61,14 @@ class Redactor:
             return [self.value(v) for v in value]
         return value
 
-    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         """A structlog processor; runs after exceptions are rendered."""
         for key, val in event_dict.items():
             event_dict[key] = self.value(val)
         return event_dict
+
+    def rendered(self, _logger: Any, _method: str, line: Any) -> Any:
+        """A structlog processor after the renderer: scrubs the line's text."""
+        return self.text(line) if isinstance(line, str) else line

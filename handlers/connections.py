@@ -131,7 +131,7 @@ class _RequestTracker(httputil.HTTPMessageDelegate):
 class LimitedHTTPServer(HTTPServer):
     """An HTTPServer holding at most `max_connections` connections."""
 
-    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         # Open connections; those waiting for (the rest of) a request are
@@ -147,7 +147,7 @@ class LimitedHTTPServer(HTTPServer):
             [s if isinstance(s, GuardedSocket) else GuardedSocket.wrap(s) for s in sockets]
         )
 
-    def handle_stream(self, stream: IOStream, address: tuple) -> None:
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if self.max_connections and len(self.open_streams) >= self.max_connections:
             if self.waiting:
                 oldest, _ = self.waiting.popitem(last=False)
