@@ -220,6 +220,12 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     url = database_url(ns, env)
     if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
         raise ConfigError(f"--database-url {url!r}: a SQLite URL is sqlite:///PATH")
+    if url.startswith("sqlite:") and ns.database_url:
+        # Only the default store's directory is created: a mistyped
+        # explicit path must not start the daemon on a new, empty store.
+        directory = os.path.dirname(os.path.abspath(url[len("sqlite:///") :]))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--database-url {url!r}: directory {directory} does not exist")
     if not url.startswith("sqlite:"):
         try:
             check_postgres_dsn(url)

@@ -113,3 +113,22 @@ def test_a_refused_connection_is_retried_and_named() -> None:
     text = "\n".join(d.output)
     assert f"127.0.0.1:{port}" in text and "Connection refused" in text
     assert PASSWORD not in text
+
+
+def test_a_mistyped_sqlite_path_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    done = run_daemon("--database-url", f"sqlite:///{missing}/x.db")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"directory {missing} does not exist" in done.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_the_sqlite_file_in_use_is_logged(tmp_path: Path) -> None:
+    with Daemon("--database-url", f"sqlite:///{tmp_path}/given.db") as d:
+        assert d.wait_for_log("storage_opened")["path"] == str(tmp_path / "given.db")
+    # The default store: its directory is created, and the path said.
+    data_home = tmp_path / "xdg"
+    with Daemon(env={"XDG_DATA_HOME": str(data_home), "STATE_DIRECTORY": ""}) as d:
+        opened = d.wait_for_log("storage_opened")
+    assert opened["path"] == str(data_home / "imagelist" / "imagelist.db")
+    assert (data_home / "imagelist" / "imagelist.db").exists()
