@@ -212,7 +212,8 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     for name in ("certfile", "keyfile", "tokens_file"):
         path = getattr(ns, name)
         if path and not os.path.isfile(path):
-            raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+            problem = "is a directory, not a file" if os.path.isdir(path) else "no such file"
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: {problem}")
     if ns.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format {ns.log_format!r}: expected json or console")
     if ns.admission_mode not in ("enforce", "warn"):

@@ -156,11 +156,21 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def allowed_methods(self) -> list[str]:
         cls = type(self)
-        return [
+        methods = [
             m.upper()
             for m in _HANDLER_METHODS
-            if getattr(cls, m) is not getattr(tornado.web.RequestHandler, m)
+            if m != "head" and getattr(cls, m) is not getattr(tornado.web.RequestHandler, m)
         ]
+        return [*methods, "HEAD"] if "GET" in methods else methods
+
+    async def head(self, *args: str) -> None:
+        """HEAD is GET without its body, on every route that answers GET
+        (Tornado sends a HEAD response's headers only, Content-Length kept)."""
+        if "GET" not in self.allowed_methods():
+            raise tornado.web.HTTPError(405)
+        answer = self.get(*args)
+        if answer is not None:
+            await answer
 
     def answer_for(self, exc: BaseException | None) -> ApiError | None:
         """`map_exception(exc)`, worked out once per error: Tornado hands the
@@ -219,6 +229,7 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         header = self.request.headers.get("Authorization")
         if header is None:
+            auth_log.warning("auth_rejected", request_id=self.request_id, reason="missing")
             raise ApiError(
                 401,
                 "authorization required: send Authorization: Bearer <token>",
