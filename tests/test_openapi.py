@@ -24,9 +24,7 @@ def app_routes(ctx) -> dict[str, set[str]]:
         handler = rule.target
         # HEAD is answered wherever GET is (BaseHandler.head), undocumented.
         methods = {
-            m
-            for m in METHODS - {"head"}
-            if getattr(handler, m) is not getattr(RequestHandler, m)
+            m for m in METHODS - {"head"} if getattr(handler, m) is not getattr(RequestHandler, m)
         }
         routes[handler.route] = methods
     return routes
