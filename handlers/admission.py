@@ -21,7 +21,8 @@ reason, and are logged, so a policy can be rolled out by watching first.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -44,6 +45,12 @@ MAX_LOGGED_FIELD = 256
 MAX_LOGGED_DENIALS = 20
 
 
+class Judgement(NamedTuple):
+    result: str  # allowed, denied or warned
+    lines: list[str]  # one per reference not allowed
+    summary: str
+
+
 class AdmissionHandler(BaseHandler):
     """Counts each answer in imagelist_admission_decisions_total."""
 
@@ -59,6 +66,21 @@ class AdmissionHandler(BaseHandler):
         if all(d.allowed for d in decisions):
             return "allowed"
         return "warned" if self.warn_mode else "denied"
+
+    async def judge(
+        self, references: list[str], denials: Callable[[dict[str, Decision]], list[str]]
+    ) -> Judgement:
+        """The review's result, its denial lines and a summary for a denial
+        message. A review over the reference cap is refused whole (warned,
+        in warn mode), with its reason as the one line."""
+        try:
+            decisions = await decide(self.ctx.storage, references)
+        except TooManyReferences as exc:
+            result = "warned" if self.warn_mode else "denied"
+            return Judgement(result, [exc.message], f"imagelist: {exc.message}")
+        lines = denials(decisions)
+        summary = f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines)
+        return Judgement(self.settle(list(decisions.values())), lines, summary)
 
     def count(self, result: str) -> None:
         self._result = result
@@ -173,20 +195,14 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
                 containers = pod_containers(group, kind_name, obj)
             except MalformedObject as exc:
                 raise ApiError(400, f"malformed request.object: {exc}") from None
-        try:
-            decisions = await decide(self.ctx.storage, [c.reference for c in containers])
-        except TooManyReferences as exc:
-            result = "warned" if self.warn_mode else "denied"
-            lines = [exc.message]
-            summary = f"imagelist: {exc.message}"
-        else:
-            result = self.settle(list(decisions.values()))
-            lines = [
+        result, lines, summary = await self.judge(
+            [c.reference for c in containers],
+            lambda decisions: [
                 _denial_line(c, decisions[c.reference])
                 for c in containers
                 if not decisions[c.reference].allowed
-            ]
-            summary = f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines)
+            ],
+        )
         self.count(result)
 
         response: dict[str, Any] = {"uid": uid, "allowed": result != "denied"}
@@ -234,16 +250,10 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
         if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
             raise ApiError(400, "spec.containers must be a list of objects")
         images = _image_list([c.get("image") for c in containers], "spec.containers[].image")
-        try:
-            decisions = await decide(self.ctx.storage, images)
-        except TooManyReferences as exc:
-            result = "warned" if self.warn_mode else "denied"
-            lines = [exc.message]
-            summary = f"imagelist: {exc.message}"
-        else:
-            result = self.settle(list(decisions.values()))
-            lines = [f"image {d.describe()}" for d in decisions.values() if not d.allowed]
-            summary = f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines)
+        result, lines, summary = await self.judge(
+            images,
+            lambda found: [f"image {d.describe()}" for d in found.values() if not d.allowed],
+        )
         self.count(result)
         if result == "allowed":
             reason = "every image is on the list"

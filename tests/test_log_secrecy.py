@@ -3,7 +3,6 @@ Authorization value, the database password, whatever a client sends."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from tokenfiles import entry, tokens_yaml
 from config.redact import Redactor
 
 from daemon import Daemon
+from helpers import raw_exchange
 from pgcluster import create_database
 
 TOKEN = "Tok3n-Secret-" + uuid.uuid4().hex[:8]
@@ -23,19 +23,10 @@ CONTROLS = [chr(c) for c in range(32) if chr(c) not in "\n"] + ["\x7f"]
 
 
 def raw_request(port: int, header_value: bytes) -> bytes:
-    payload = (
-        b"DELETE /images/x HTTP/1.1\r\nHost: x\r\nAuthorization: " + header_value + b"\r\n\r\n"
+    return raw_exchange(
+        port,
+        b"DELETE /images/x HTTP/1.1\r\nHost: x\r\nAuthorization: " + header_value + b"\r\n\r\n",
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        try:
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return b"".join(chunks)
 
 
 def test_credentials_with_control_characters_never_reach_a_log_line(
