@@ -115,19 +115,30 @@ class EntriesHandler(BodyHandler):
 class EntryHandler(BaseHandler):
     route = "/images/{id}"
 
+    #: An undecodable path, answered after authorization (see decode_argument).
+    path_error: ApiError | None = None
+
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        # Path arguments are decoded before any method runs: a 400 for
-        # undecodable bytes would come before a DELETE's 401. check_id()
-        # refuses them (as lone surrogates) after authorization instead.
-        return value.decode("utf-8", "surrogateescape")
+        # Path arguments are decoded before any method runs: a 400 here
+        # would come before a DELETE's 401. Kept for entry_id() instead.
+        try:
+            return super().decode_argument(value, name)
+        except ApiError as exc:
+            self.path_error = exc
+            return ""
+
+    def entry_id(self, raw: str) -> str:
+        if self.path_error is not None:
+            raise self.path_error
+        return check_id(raw)
 
     async def get(self, entry_id: str) -> None:
-        entry = await self.ctx.storage.get(check_id(entry_id))
+        entry = await self.ctx.storage.get(self.entry_id(entry_id))
         self.write_json(entry_json(entry))
 
     async def delete(self, entry_id: str) -> None:
         self.authorize_write()
-        await self.ctx.storage.delete(check_id(entry_id))
+        await self.ctx.storage.delete(self.entry_id(entry_id))
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()
