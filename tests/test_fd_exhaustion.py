@@ -19,7 +19,11 @@ from daemon import Daemon
 class LimitedDaemon(Daemon):
     def __init__(self, *args: str, nofile: str) -> None:
         super().__init__(*args)
-        self.prefix = ("prlimit", f"--nofile={nofile}", "--")
+        self.nofile = nofile
+
+    def command(self) -> list[str]:
+        # prlimit execs the daemon: the same process, with the limit set.
+        return ["prlimit", f"--nofile={self.nofile}", "--", *super().command()]
 
 
 def cpu_seconds(pid: int) -> float:
