@@ -19,6 +19,8 @@ from tornado.netutil import bind_sockets
 
 import upgrade
 from config import Config, ConfigError, load_config
+from config.dsn import password_of
+from config.fdlimit import default_max_connections, raise_nofile_limit
 from config.logging import setup_logging
 from config.metrics import Metrics
 from config.systemd import notify, watchdog_interval
@@ -26,6 +28,7 @@ from config.tls import ReloadableTls
 from config.tokens import TokenFileError, TokenRegistry
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
+from handlers.connections import GuardedSocket, LimitedHTTPServer
 from storage import Storage, StorageError, create_storage
 from storage.sweep import sweep_stale_keys
 
@@ -120,6 +123,19 @@ def watch_tokens(ctx: AppContext) -> FileWatcher | None:
     return watcher
 
 
+def connection_limit(config: Config) -> int:
+    """--max-connections, or what fits under the descriptor limit, which
+    is first raised to the hard limit."""
+    soft, hard, error = raise_nofile_limit()
+    if error:
+        log.warning("fd_limit_not_raised", soft=soft, hard=hard, error=error)
+    limit = config.max_connections or default_max_connections(soft, config.db_pool_size)
+    if limit > soft:
+        log.warning("max_connections_above_fd_limit", max_connections=limit, fd_limit=soft)
+    log.info("connection_limit", max_connections=limit, fd_limit=soft)
+    return limit
+
+
 def build_storage(config: Config, metrics: Metrics) -> Storage:
     """The store the configuration names, reporting to `metrics`: every
     operation's latency and, at scrape time, its pool."""
@@ -149,9 +165,12 @@ def load_tls(config: Config, ctx: AppContext) -> ssl.SSLContext | None:
 def listen(config: Config, server: HTTPServer) -> int:
     """Bind the configured address (port 0: any free port); the port bound."""
     try:
-        sockets = bind_sockets(
-            config.listen_port, address=config.listen_host or None, reuse_port=config.reuse_port
-        )
+        sockets = [
+            GuardedSocket.wrap(s)
+            for s in bind_sockets(
+                config.listen_port, address=config.listen_host or None, reuse_port=config.reuse_port
+            )
+        ]
     except OSError as exc:
         raise StartupError(
             "listen_failed",
@@ -183,10 +202,12 @@ async def assemble(config: Config) -> AsyncIterator[RunningApp]:
                 "storage_open_failed", 1, storage=storage.kind, error=str(exc)
             ) from None
         ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
-        server = HTTPServer(
+        server = LimitedHTTPServer(
             make_app(ctx),
+            max_connections=connection_limit(config),
             ssl_options=load_tls(config, ctx),
-            max_body_size=config.max_body_size * 16,
+            # Routes that take a body raise it for their request (BodyHandler).
+            max_body_size=config.max_body_size,
             idle_connection_timeout=60,
             body_timeout=30,
         )
@@ -281,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imagelist: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_format, config.debug)
+    setup_logging(config.log_format, config.debug, secrets=[password_of(config.database_url) or ""])
     return asyncio.run(serve(config))
 
 

@@ -32,6 +32,9 @@ setup(
             "types-PyYAML",
             "types-psycopg2",
             "schemathesis>=4",
+            # Validates openapi.yaml against the OpenAPI 3.1 schema: the
+            # fuzzer reads a malformed document without complaint.
+            "openapi-spec-validator>=0.7",
             # Rego engine (rego-cpp) to evaluate the example Gatekeeper
             # ConstraintTemplate in tests; OPA itself is not packaged here.
             "regopy>=1.5",

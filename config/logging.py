@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -19,8 +19,15 @@ import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+from config.redact import Redactor
 
-def setup_logging(log_format: str = "json", debug: bool = False) -> None:
+
+def setup_logging(
+    log_format: str = "json", debug: bool = False, secrets: Iterable[str] = ()
+) -> None:
+    """`secrets` (the database password) are scrubbed from every line, as
+    are bearer tokens and Authorization values (config.redact)."""
+    redactor = Redactor(secrets)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -33,10 +40,13 @@ def setup_logging(log_format: str = "json", debug: bool = False) -> None:
             colors=sys.stdout.isatty()
         )
         exc: list[structlog.typing.Processor] = []
+        # The console renderer writes tracebacks itself: scrub its text.
+        after: list[structlog.typing.Processor] = [redactor.rendered]
     else:
         renderer = structlog.processors.JSONRenderer(serializer=dumps_json)
         # Frame locals can hold tokens and passwords: never render them.
         exc = [structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))]
+        after = []
 
     structlog.configure(
         processors=[
@@ -53,13 +63,15 @@ def setup_logging(log_format: str = "json", debug: bool = False) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *exc,
+            redactor,
             renderer,
+            *after,
         ],
     )
     handler = (
         logging.StreamHandler(sys.stdout)
         if log_format == "console"
-        else JsonLinesHandler(sys.stdout)
+        else JsonLinesHandler(sys.stdout, redactor)
     )
     handler.setFormatter(formatter)
     root = logging.getLogger()
@@ -95,18 +107,81 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     the one structlog would write, through the same stream and lock.
     """
 
+    def __init__(self, stream: Any, redactor: Redactor | None = None) -> None:
+        super().__init__(stream)
+        self.redactor = redactor or Redactor()
+
     def write_event(self, logger: str, level: str, event: str, fields: dict[str, Any]) -> None:
+        # Request fields come from the client (the path): scrubbed like any.
+        self.redactor(None, level, fields)  # in place
         fields["event"] = event
         fields["level"] = level
         fields["logger"] = logger
         fields["timestamp"] = utc_timestamp()
-        line = dumps_json(fields, repr) + "\n"
+        line = bounded_line(dumps_json(fields, repr)) + "\n"
         with self.lock:  # type: ignore[union-attr]
             try:
                 self.stream.write(line)
                 self.stream.flush()
             except Exception:
                 self.handleError(logging.makeLogRecord({"msg": event}))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return bounded_line(super().format(record))
+
+
+# journald splits a line over LineMax (48 KiB by default) into several
+# records, and a split JSON line is no longer JSON: stay well below.
+MAX_LINE = 16 * 1024
+MAX_FIELD = 1024  # characters of one string, in a line that was too long
+MAX_ITEMS = 20  # items of one list, in a line that was too long
+
+
+def _shrunk(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_FIELD:
+        return value[:MAX_FIELD] + f"...[{len(value) - MAX_FIELD} more characters]"
+    if isinstance(value, list):
+        items = [_shrunk(v) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            items.append(f"...[{len(value) - MAX_ITEMS} more items]")
+        return items
+    if isinstance(value, dict):
+        return {k: _shrunk(v) for k, v in value.items()}
+    return value
+
+
+# JSON leaves these raw, but they end a line for Python's splitlines() and
+# for many log viewers: one event would read as two lines.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def bounded_line(line: str) -> str:
+    """`line` (one JSON object) as one line at most MAX_LINE long: Unicode
+    line breaks escaped; long strings and lists cut, marked as cut, and
+    the line says it was truncated."""
+    line = _one_line(line)
+    return _cut(line) if len(line) > MAX_LINE else line
+
+
+def _one_line(line: str) -> str:
+    return line if line.isascii() else line.translate(_LINE_BREAKS)
+
+
+def _cut(line: str) -> str:
+    try:
+        fields = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        fields = {"event": "unparsable_log_line", "text": line}
+    if not isinstance(fields, dict):
+        fields = {"event": "unparsable_log_line", "text": line}
+    fields = _shrunk(fields)
+    fields["truncated_from"] = len(line)
+    shorter = _one_line(dumps_json(fields))
+    if len(shorter) <= MAX_LINE:
+        return shorter
+    keep = ("event", "level", "logger", "timestamp", "request_id")
+    minimal = {k: fields[k] for k in keep if k in fields} | {"truncated_from": len(line)}
+    return _one_line(dumps_json(minimal))
 
 
 def event_writer(logger: str) -> Callable[[str, str, dict[str, Any]], bool]:

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from config.dsn import DsnError, check_postgres_dsn, redacted
+
 ENV_PREFIX = "IMAGELIST_"
 
 # The Go service's environment variables, honoured where neither the flag
@@ -75,6 +77,7 @@ class Config:
     shutdown_timeout: float
     reuse_port: bool
     admission_mode: str
+    max_connections: int = 0  # 0: from the descriptor limit at start
     #: "serve", or "migrate" / "migrate-dry-run" (run, or report, and exit).
     action: str = "serve"
     #: The Go service's environment variables this configuration took.
@@ -219,6 +222,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "10",
         metavar="SECONDS",
     )
+    add(
+        "max-connections",
+        "most client connections held open; unset or 0: from the file-descriptor limit",
+        metavar="N",
+    )
     flag("reuse-port", "set SO_REUSEPORT so several instances can share one port")
     add(
         "admission-mode",
@@ -302,7 +310,8 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     for name in ("certfile", "keyfile", "tokens_file"):
         path = getattr(ns, name)
         if path and not os.path.isfile(path):
-            raise ConfigError(f"--{name.replace('_', '-')} {path}: no such file")
+            problem = "is a directory, not a file" if os.path.isdir(path) else "no such file"
+            raise ConfigError(f"--{name.replace('_', '-')} {path}: {problem}")
     if ns.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format {ns.log_format!r}: expected json or console")
     if ns.admission_mode not in ("enforce", "warn"):
@@ -310,6 +319,18 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     url = database_url(ns, env)
     if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
         raise ConfigError(f"--database-url {url!r}: a SQLite URL is sqlite:///PATH")
+    if url.startswith("sqlite:") and ns.database_url:
+        # Only the default store's directory is created: a mistyped
+        # explicit path must not start the daemon on a new, empty store.
+        directory = os.path.dirname(os.path.abspath(url[len("sqlite:///") :]))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--database-url {url!r}: directory {directory} does not exist")
+    if not url.startswith("sqlite:"):
+        try:
+            check_postgres_dsn(url)
+        except DsnError as exc:
+            given = "--database-url" if ns.database_url else "the --db* options give"
+            raise ConfigError(f"{given} {redacted(url)!r}: {exc}") from None
     return Config(
         listen_host=host,
         listen_port=port,
@@ -326,6 +347,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         shutdown_timeout=float(_number("shutdown-timeout", ns.shutdown_timeout, float, 0)),
         reuse_port=bool(ns.reuse_port),
         admission_mode=str(ns.admission_mode),
+        max_connections=int(_number("max-connections", ns.max_connections or 0, int, 0)),
         action=str(ns.action),
         legacy_env=used,
     )

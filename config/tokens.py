@@ -13,6 +13,7 @@ line or metric ever carries a token (or a line of the file, which may hold one).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -29,6 +30,8 @@ log = structlog.get_logger("imagelist.tokens")
 
 #: A tokens file is a handful of lines; refuse to parse something huge.
 MAX_FILE_SIZE = 1024 * 1024
+# Seconds between re-reads after a read failed for an operating-system reason.
+RETRY_MIN, RETRY_MAX = 0.1, 30.0
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _ENTRY_KEYS = frozenset({"name", "token", "token_sha256", "is_disabled"})
 
@@ -98,6 +101,9 @@ def _entry(raw: Any, number: int, fail: Any) -> TokenEntry:
             fail(f"{label}: 'token' is empty")
         if any(c.isspace() or not c.isprintable() for c in token):
             fail(f"{label}: 'token' contains whitespace or control characters")
+        if not token.isascii():
+            # HTTP clients send header values as ASCII (or latin-1): it could never match.
+            fail(f"{label}: 'token' must be ASCII; a non-ASCII token can never authenticate")
         digest = token_digest(token.encode("utf-8"))
     else:
         hashed = raw["token_sha256"]
@@ -164,6 +170,8 @@ class TokenRegistry:
         #: None: the file is gone and no token is valid (fail closed).
         self._entries: tuple[TokenEntry, ...] | None = None
         self._seen: bytes | None = None  # content hash of the last file read
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = 0.0
 
     @property
     def entries(self) -> tuple[TokenEntry, ...] | None:
@@ -203,14 +211,17 @@ class TokenRegistry:
             return False
         except OSError as exc:
             self._count_error()
+            delay = self._retry_later(trigger, force)
             log.error(
                 "tokens_reload_failed",
                 path=self.path,
                 trigger=trigger,
                 error=f"tokens file {self.path}: {exc.strerror or exc}",
                 effect="keeping the last good set",
+                retry_in_s=delay,
             )
             return False
+        self._retry_delay = 0.0
         digest = hashlib.sha256(data).digest()
         if digest == self._seen and not force:
             return False
@@ -231,6 +242,21 @@ class TokenRegistry:
             return False
         self._apply(entries, digest, trigger)
         return True
+
+    def _retry_later(self, trigger: str, force: bool) -> float | None:
+        """Schedule another read: an operating-system failure (out of
+        descriptors, an I/O error) may have eaten the one change event a
+        revocation gets. Backs off from 0.1 s to 30 s; None: no loop runs."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        self._retry_delay = min(RETRY_MAX, max(RETRY_MIN, self._retry_delay * 2))
+        if self._retry is not None:
+            self._retry.cancel()
+        again = trigger if trigger.startswith("retry:") else f"retry:{trigger}"
+        self._retry = loop.call_later(self._retry_delay, self.reload, again, force)
+        return self._retry_delay
 
     def _apply(self, entries: tuple[TokenEntry, ...], digest: bytes, trigger: str) -> None:
         self._entries = entries

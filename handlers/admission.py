@@ -21,14 +21,15 @@ reason, and are logged, so a policy can be rolled out by watching first.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import structlog
 
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
 from handlers.images import entry_json
-from handlers.policy import Decision, decide, quote
+from handlers.policy import Decision, TooManyReferences, decide, quote
 from handlers.workloads import Container, MalformedObject, pod_containers
 
 log = structlog.get_logger("imagelist.admission")
@@ -38,7 +39,16 @@ IMAGEPOLICY_API = "imagepolicy.k8s.io/v1alpha1"
 GATEKEEPER_APIS = ("externaldata.gatekeeper.sh/v1beta1", "externaldata.gatekeeper.sh/v1alpha1")
 WARN_PREFIX = "warn mode, would deny: "
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
-MAX_KEYS = 1000  # references in one ImageReview or ProviderRequest
+# Longest request field (uid, namespace, name...) written to a log line.
+MAX_LOGGED_FIELD = 256
+# Denials listed in one log line; the rest are counted.
+MAX_LOGGED_DENIALS = 20
+
+
+class Judgement(NamedTuple):
+    result: str  # allowed, denied or warned
+    lines: list[str]  # one per reference not allowed
+    summary: str
 
 
 class AdmissionHandler(BaseHandler):
@@ -57,6 +67,21 @@ class AdmissionHandler(BaseHandler):
             return "allowed"
         return "warned" if self.warn_mode else "denied"
 
+    async def judge(
+        self, references: list[str], denials: Callable[[dict[str, Decision]], list[str]]
+    ) -> Judgement:
+        """The review's result, its denial lines and a summary for a denial
+        message. A review over the reference cap is refused whole (warned,
+        in warn mode), with its reason as the one line."""
+        try:
+            decisions = await decide(self.ctx.storage, references)
+        except TooManyReferences as exc:
+            result = "warned" if self.warn_mode else "denied"
+            return Judgement(result, [exc.message], f"imagelist: {exc.message}")
+        lines = denials(decisions)
+        summary = f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines)
+        return Judgement(self.settle(list(decisions.values())), lines, summary)
+
     def count(self, result: str) -> None:
         self._result = result
         self.ctx.metrics.admission_decisions.labels(self.endpoint, result).inc()
@@ -71,9 +96,24 @@ class AdmissionHandler(BaseHandler):
         if result == "allowed":
             return
         event = "admission_warned" if result == "warned" else "admission_denied"
+        # Every field comes from the review: bounded, so one line stays whole.
+        bounded = {k: _bounded(v) for k, v in fields.items()}
         log.warning(
-            event, endpoint=self.endpoint, request_id=self.request_id, denied=denied, **fields
+            event,
+            endpoint=self.endpoint,
+            request_id=self.request_id,
+            denied=[_bounded(d) for d in denied[:MAX_LOGGED_DENIALS]],
+            denied_count=len(denied),
+            **bounded,
         )
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_LOGGED_FIELD:
+        return value[:MAX_LOGGED_FIELD] + "..."
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return _bounded(str(value))
 
 
 class AllowedHandler(AdmissionHandler):
@@ -118,8 +158,8 @@ def _typed_body(body: Any, api_versions: tuple[str, ...], kind: str) -> dict[str
 
 
 def _image_list(values: Any, field: str) -> list[str]:
-    if not isinstance(values, list) or len(values) > MAX_KEYS:
-        raise ApiError(400, f"{field} must be a list of at most {MAX_KEYS} image references")
+    if not isinstance(values, list):
+        raise ApiError(400, f"{field} must be a list of image references")
     if not all(isinstance(v, str) for v in values):
         raise ApiError(400, f"{field} must hold strings")
     return values
@@ -155,13 +195,15 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
                 containers = pod_containers(group, kind_name, obj)
             except MalformedObject as exc:
                 raise ApiError(400, f"malformed request.object: {exc}") from None
-        decisions = await decide(self.ctx.storage, [c.reference for c in containers])
-        not_allowed = [
-            (c, decisions[c.reference]) for c in containers if not decisions[c.reference].allowed
-        ]
-        result = self.settle(list(decisions.values()))
+        result, lines, summary = await self.judge(
+            [c.reference for c in containers],
+            lambda decisions: [
+                _denial_line(c, decisions[c.reference])
+                for c in containers
+                if not decisions[c.reference].allowed
+            ],
+        )
         self.count(result)
-        lines = [_denial_line(c, d) for c, d in not_allowed]
 
         response: dict[str, Any] = {"uid": uid, "allowed": result != "denied"}
         if result == "denied":
@@ -169,7 +211,7 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
                 "status": "Failure",
                 "code": 403,
                 "reason": "Forbidden",
-                "message": f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines),
+                "message": summary,
             }
         elif result == "warned":
             response["warnings"] = [WARN_PREFIX + line for line in lines]
@@ -208,16 +250,17 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
         if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
             raise ApiError(400, "spec.containers must be a list of objects")
         images = _image_list([c.get("image") for c in containers], "spec.containers[].image")
-        decisions = await decide(self.ctx.storage, images)
-        result = self.settle(list(decisions.values()))
+        result, lines, summary = await self.judge(
+            images,
+            lambda found: [f"image {d.describe()}" for d in found.values() if not d.allowed],
+        )
         self.count(result)
-        lines = [f"image {d.describe()}" for d in decisions.values() if not d.allowed]
         if result == "allowed":
             reason = "every image is on the list"
         elif result == "warned":
             reason = WARN_PREFIX + "; ".join(lines)
         else:
-            reason = f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines)
+            reason = summary
         self.log_denials(result, lines, namespace=spec.get("namespace"))
         self.write_json(
             {
@@ -240,7 +283,21 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
         body = _typed_body(self.json_body(), GATEKEEPER_APIS, "ProviderRequest")
         request = _object(body.get("request"), "request")
         keys = _image_list(request.get("keys", []), "request.keys")
-        decisions = await decide(self.ctx.storage, keys)
+        try:
+            decisions = await decide(self.ctx.storage, keys)
+        except TooManyReferences as exc:
+            # The provider protocol's way to say "no answer": the Rego's
+            # system_error rule turns it into a violation.
+            self.count("denied")
+            self.log_denials("denied", [exc.message])
+            self.write_json(
+                {
+                    "apiVersion": body["apiVersion"],
+                    "kind": "ProviderResponse",
+                    "response": {"idempotent": False, "items": [], "systemError": exc.message},
+                }
+            )
+            return
         result = self.settle(list(decisions.values()))
         self.count(result)
         items = []

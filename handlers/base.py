@@ -17,6 +17,7 @@ from tornado.httputil import HTTPServerRequest
 from config.logging import event_writer
 from handlers.context import AppContext
 from handlers.errors import ApiError, map_exception
+from handlers.paging import ascii_digits
 
 log = structlog.get_logger("imagelist.http")
 # The request line's fast path (see config.logging.JsonLinesHandler).
@@ -27,15 +28,24 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _HANDLER_METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
 _BEARER = re.compile(r"^Bearer +([^\s]+) *$", re.IGNORECASE)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="imagelist"'}
+CLIENT_CLOSED_REQUEST = 499
 
 
+# Every handler streams its request body, so a route that takes none can
+# refuse one from its headers instead of Tornado buffering it first.
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
     #: The route as declared, for logs and metrics (never the raw path).
     route: str = "unmatched"
+    #: The methods that take a request body here (see BodyHandler).
+    body_methods: frozenset[str] = frozenset()
 
     ctx: AppContext
     request_id: str
     token_name: str | None = None
+    #: The request line is written once (a handler may still finish after
+    #: its client left).
+    request_logged: bool = False
 
     def initialize(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -68,6 +78,12 @@ class BaseHandler(tornado.web.RequestHandler):
         # request whose connection closes before its response is finished
         # never reaches on_finish: it is released here instead.
         super().on_connection_close()
+        if self._counted:
+            # The client hung up before the answer (mid-body, or while we
+            # worked): nginx's 499 "client closed request", in the metrics
+            # and the request log, never the 200 that was never sent.
+            self.set_status(CLIENT_CLOSED_REQUEST)
+            log_request(self)
         self._release()
 
     def _release(self) -> None:
@@ -100,6 +116,22 @@ class BaseHandler(tornado.web.RequestHandler):
             raise TypeError(f"unexpected connection type {type(connection).__name__}")
         return connection
 
+    def prepare(self) -> None:
+        self.refuse_unwanted_body()
+
+    def refuse_unwanted_body(self) -> None:
+        """413 for a body on a method that takes none, before reading it."""
+        method = self.request.method or ""
+        if method in self.body_methods or method not in self.allowed_methods():
+            return  # a body is welcome, or the method gets its 405
+        headers = self.request.headers
+        length = headers.get("Content-Length", "0")
+        if "Transfer-Encoding" in headers or not (ascii_digits(length) and int(length) == 0):
+            raise ApiError(413, f"{method} {self.route} takes no request body")
+
+    def data_received(self, chunk: bytes) -> None:
+        """A refused body's bytes still arrive (until the connection closes): dropped."""
+
     def query(self, name: str) -> str | None:
         """The last `name` query parameter, exactly as sent.
 
@@ -124,11 +156,21 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def allowed_methods(self) -> list[str]:
         cls = type(self)
-        return [
+        methods = [
             m.upper()
             for m in _HANDLER_METHODS
-            if getattr(cls, m) is not getattr(tornado.web.RequestHandler, m)
+            if m != "head" and getattr(cls, m) is not getattr(tornado.web.RequestHandler, m)
         ]
+        return [*methods, "HEAD"] if "GET" in methods else methods
+
+    async def head(self, *args: str) -> None:
+        """HEAD is GET without its body, on every route that answers GET
+        (Tornado sends a HEAD response's headers only, Content-Length kept)."""
+        if "GET" not in self.allowed_methods():
+            raise tornado.web.HTTPError(405)
+        answer = self.get(*args)
+        if answer is not None:
+            await answer
 
     def answer_for(self, exc: BaseException | None) -> ApiError | None:
         """`map_exception(exc)`, worked out once per error: Tornado hands the
@@ -187,6 +229,7 @@ class BaseHandler(tornado.web.RequestHandler):
             return
         header = self.request.headers.get("Authorization")
         if header is None:
+            auth_log.warning("auth_rejected", request_id=self.request_id, reason="missing")
             raise ApiError(
                 401,
                 "authorization required: send Authorization: Bearer <token>",
@@ -226,13 +269,16 @@ class BodyHandler(BaseHandler):
     backstop (16x) for a chunked body that never ends.
     """
 
+    body_methods = frozenset({"PUT", "POST"})
+
     def prepare(self) -> None:
+        self.refuse_unwanted_body()
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
         limit = self.ctx.config.max_body_size
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and ascii_digits(length) and int(length) > limit:
             raise self.too_large()
         self.connection().set_max_body_size(limit * 16)
 
@@ -273,6 +319,10 @@ def request_summary(handler: tornado.web.RequestHandler) -> dict[str, Any]:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
+    if isinstance(handler, BaseHandler):
+        if handler.request_logged:
+            return
+        handler.request_logged = True
     status = handler.get_status()
     level = "error" if status >= 500 else "warning" if status >= 400 else "info"
     fields = request_summary(handler)

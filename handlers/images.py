@@ -115,8 +115,25 @@ class EntriesHandler(BodyHandler):
 class EntryHandler(BaseHandler):
     route = "/images/{id}"
 
+    #: An undecodable path, answered after authorization (see decode_argument).
+    path_error: ApiError | None = None
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # Path arguments are decoded before any method runs: a 400 here
+        # would come before a DELETE's 401. Kept for entry_id() instead.
+        try:
+            return super().decode_argument(value, name)
+        except ApiError as exc:
+            self.path_error = exc
+            return ""
+
+    def path_id(self, raw: str) -> str:
+        if self.path_error is not None:
+            raise self.path_error
+        return raw
+
     async def get(self, entry_id: str) -> None:
-        found = lookup_id(entry_id)
+        found = lookup_id(self.path_id(entry_id))
         if found is None:
             raise NotFound(entry_id)
         entry = await self.ctx.storage.get(found)
@@ -124,7 +141,7 @@ class EntryHandler(BaseHandler):
 
     async def delete(self, entry_id: str) -> None:
         self.authorize_write()
-        found = lookup_id(entry_id)
+        found = lookup_id(self.path_id(entry_id))
         if found is not None:
             await self.ctx.storage.delete(found)
         self.set_status(204)

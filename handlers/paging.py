@@ -53,8 +53,14 @@ def decode_cursor(cursor: str, sort: str) -> Position:
     return Position(sort=key, value=sort_value, id=entry_id)
 
 
+def ascii_digits(raw: str) -> bool:
+    """Only 0-9: str.isdigit() also takes superscripts (int()
+    raises) and other scripts' digits (int() reads them)."""
+    return raw.isascii() and raw.isdigit()
+
+
 def parse_limit(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(
             400, f"limit must be an integer from 1 to {MAX_LIMIT}", {"parameter": "limit"}
         )

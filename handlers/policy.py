@@ -7,15 +7,31 @@ a write through any instance is seen by every instance's next decision.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from handlers.errors import ApiError
 from storage.base import Storage
 from storage.model import Entry
 from storage.reference import InvalidReference, Reference, parse_reference
 
 # Longest slice of an invalid reference quoted back in messages and logs.
 _QUOTE_LIMIT = 100
+# Image references one review may name, on every admission endpoint: keeps
+# one review's CPU time, its answer and its log line bounded.
+MAX_REFERENCES = 1000
+
+
+class TooManyReferences(ApiError):
+    """A review naming more than MAX_REFERENCES references. An endpoint
+    answers it as a denial in its own protocol; unanswered, it is a 400."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            400,
+            f"the review names {count} image references; at most {MAX_REFERENCES} are reviewed",
+            {"references": count, "limit": MAX_REFERENCES},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +76,11 @@ def _reason(reference: Reference, entry: Entry | None) -> str:
     return f"entry {entry.id} ({entry.name}) lists tag {reference.tag}"
 
 
-async def decide(storage: Storage, written: Iterable[str]) -> dict[str, Decision]:
-    """A decision for each distinct reference as written, from one storage query."""
+async def decide(storage: Storage, written: Sequence[str]) -> dict[str, Decision]:
+    """A decision for each distinct reference as written, from one storage
+    query; TooManyReferences past MAX_REFERENCES, before any is parsed."""
+    if len(written) > MAX_REFERENCES:
+        raise TooManyReferences(len(written))
     parsed: dict[str, Reference | InvalidReference] = {}
     for text in written:
         if text not in parsed:

@@ -26,3 +26,8 @@ class Invalid(StorageError):
 
 class StorageUnavailable(StorageError):
     """The database cannot be reached or did not answer in time."""
+
+
+class StorageMisconfigured(StorageUnavailable):
+    """The server refused us for a reason waiting cannot heal (credentials,
+    role, database name): fatal at start-up, an outage afterwards."""

@@ -1,7 +1,7 @@
-"""PostgreSQL backend on an aiopg pool.
+"""PostgreSQL backend on aiopg connections, pooled in storage/pgpool.py.
 
-Failure handling: the pool is created lazily and re-created after
-connection failures, so the daemon starts and keeps serving 503s while the
+Failure handling: the pool is created lazily and re-created when it has
+no live connection left, so the daemon starts and keeps serving 503s while the
 database is down and recovers by itself. Connect and query times are
 bounded. Multi-host DSNs are followed host by host here, because aiopg
 cannot follow libpq's own host fallback (with the first host down it
@@ -11,12 +11,12 @@ watches the socket libpq already gave up on).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiopg
 import psycopg2
@@ -25,9 +25,10 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 import storage.legacy as legacy
 from storage.base import KEYS_BATCH, PoolStats, QueryObserver, Row, Storage
-from storage.errors import Invalid, StorageError, StorageUnavailable
+from storage.errors import Invalid, StorageError, StorageMisconfigured, StorageUnavailable
 from storage.migrations import POSTGRES, KeyBackfill
 from storage.model import Entry, ListQuery, NewEntry, from_micros
+from storage.pgpool import ConnectionPool, NoConnection
 from storage.reference import Reference, reference_keys
 from storage.sql import SELECT_COLUMNS, backend_statements, list_params, pyformat, write_params
 
@@ -129,6 +130,29 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Server answers that no amount of waiting heals: wrong credentials, an
+# unknown role or database, an sslmode the server cannot meet. Refused
+# connections, timeouts and "too many clients" are outages: retried.
+_PERMANENT = re.compile(
+    r"authentication failed|no password supplied|no pg_hba\.conf entry"
+    r'|role ".*" does not exist|database ".*" does not exist'
+    r"|permission denied for database|does not support SSL",
+)
+_LIBPQ_PREFIX = re.compile(r"^connection to server (at|on socket) .*? failed: ")
+
+
+def describe_connect_error(dsn: str, exc: BaseException) -> tuple[str, bool]:
+    """One line naming the server (never the password) and its reason, and
+    whether the error is permanent (configuration, not an outage)."""
+    params = parse_dsn(dsn)
+    where = f"{params.get('host') or 'local socket'}:{params.get('port') or 5432}"
+    reason = _LIBPQ_PREFIX.sub("", " ".join(str(exc).split())) or type(exc).__name__
+    if isinstance(exc, psycopg2.OperationalError) and _PERMANENT.search(reason):
+        user, dbname = params.get("user", "(default)"), params.get("dbname", "(default)")
+        return f"{where} refused user {user!r} on database {dbname!r}: {reason}", True
+    return f"{where}: {reason}", False
+
+
 def split_hosts(dsn: str, connect_timeout: float) -> tuple[list[str], bool]:
     """One single-host DSN per host of a (possibly multi-host) DSN, and
     whether the caller must insist on a writable server."""
@@ -181,7 +205,7 @@ class PostgresStorage(Storage):
         self._pool_size = pool_size
         self._timeout = timeout
         self._retry_interval = retry_interval
-        self._pool: aiopg.Pool | None = None
+        self._pool: ConnectionPool | None = None
         self._pool_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(pool_size)
         self._last_failure = 0.0
@@ -193,6 +217,10 @@ class PostgresStorage(Storage):
     async def open(self) -> None:
         try:
             await self._get_pool()
+        except StorageMisconfigured as exc:
+            # Waiting cannot heal it: refuse to start (at run time it is a
+            # 503 like any outage, and retried, as an admin may fix it).
+            raise StorageError(str(exc)) from None
         except StorageUnavailable as exc:
             log.warning(
                 "storage_unavailable",
@@ -205,18 +233,16 @@ class PostgresStorage(Storage):
 
     async def close(self) -> None:
         self._closed = True
-        await self._drop_pool()
+        await self._drop_pool(terminate=True)
 
-    async def _drop_pool(self) -> None:
+    async def _drop_pool(self, terminate: bool = False) -> None:
+        """Forget the pool: idle connections close now, used ones when
+        their request ends (`terminate`: at once)."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close()
-            try:
-                await asyncio.wait_for(pool.wait_closed(), self._timeout)
-            except _CONNECTION_ERRORS:  # TimeoutError among them
-                pool.terminate()
+            pool.terminate() if terminate else pool.close()
 
-    async def _get_pool(self) -> aiopg.Pool:
+    async def _get_pool(self) -> ConnectionPool:
         pool = self._pool  # (a local: another task may set it while this one waits)
         if pool is not None:
             return pool
@@ -229,12 +255,14 @@ class PostgresStorage(Storage):
                 return self._pool
             if self._closed:
                 raise StorageUnavailable("the store is closed")
-            errors = []
+            errors, permanent = [], False
             for dsn in self._hosts:
                 try:
                     pool = await self._connect(dsn)
                 except _CONNECTION_ERRORS as exc:
-                    errors.append(str(exc).strip() or type(exc).__name__)
+                    message, refused = describe_connect_error(dsn, exc)
+                    errors.append(message)
+                    permanent = permanent or refused
                     continue
                 except asyncio.CancelledError:
                     # e.g. waiting for the migration lock another instance holds
@@ -246,28 +274,39 @@ class PostgresStorage(Storage):
                 return pool
             self._last_failure = time.monotonic()
             self._last_error = "database unavailable: " + "; ".join(errors)
+            if permanent:
+                raise StorageMisconfigured(self._last_error)
             raise StorageUnavailable(self._last_error)
 
-    async def _connect(self, dsn: str) -> aiopg.Pool:
-        pool = await aiopg.create_pool(
-            dsn,
-            # Warm: every connection is opened up front and kept (aiopg
-            # closes none while idle), so load never waits for a connect.
-            minsize=self._pool_size,
+    async def _connect(self, dsn: str) -> ConnectionPool:
+        def connect() -> Awaitable[Any]:
+            return aiopg.connect(
+                dsn,
+                # The server's statement_timeout is the query bound: it
+                # leaves the connection usable. aiopg's own timer is the
+                # backstop for a server that stopped answering; were it to
+                # fire first (as it did, at the same value), it would close
+                # the connection and the slow query would be retried.
+                timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
+                enable_hstore=False,
+                enable_json=False,
+                enable_uuid=False,
+                options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
+            )
+
+        pool = ConnectionPool(
+            connect,
             maxsize=self._pool_size,
-            # The server's statement_timeout is the query bound: it leaves
-            # the connection usable. aiopg's own timer is the backstop for a
-            # server that stopped answering; were it to fire first (as it
-            # did, at the same value), it would close the connection and the
-            # slow query would be retried and then drop the whole pool.
-            timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
-            enable_hstore=False,
-            enable_json=False,
-            enable_uuid=False,
-            options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
+            timeout=self._timeout,
+            errors=_CONNECTION_ERRORS,
+            retry_interval=self._retry_interval,
         )
         try:
-            async with pool.acquire() as conn:
+            # Warm: opened up front and kept, so load never waits for a
+            # connect; fewer than --db-pool-size is fine.
+            await pool.fill()
+            conn = await pool.acquire()
+            try:
                 if self._want_rw:
                     async with conn.cursor() as cur:
                         await cur.execute(READ_ONLY_SQL)
@@ -276,12 +315,10 @@ class PostgresStorage(Storage):
                         raise psycopg2.OperationalError("server is read-only")
                 async with conn.cursor(timeout=MIGRATION_TIMEOUT) as cur:
                     await self._migrate(cur)
+            finally:
+                pool.release(conn)
         except BaseException:
-            # terminate() closes only connections in use; the idle ones stay
-            # open (and each warns) until wait_closed() closes them.
             pool.terminate()
-            with contextlib.suppress(Exception):
-                await pool.wait_closed()
             raise
         return pool
 
@@ -398,28 +435,52 @@ class PostgresStorage(Storage):
             slots.release()
 
     async def _run_on_pool(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run `op(cursor)`, retrying once on a fresh connection: after a
-        database restart the pool still holds dead connections, and every
+        """Run `op(cursor)`; when its connection died (a restart,
+        pg_terminate_backend), drop it and retry once on a fresh one: every
         operation here is idempotent."""
         for attempt in (1, 2):
             pool = await self._get_pool()
             try:
-                async with pool.acquire() as conn, conn.cursor() as cur:
-                    return await op(cur)
+                conn = await pool.acquire(fresh=attempt == 2)
+            except NoConnection as exc:
+                # Busy, not broken: keep the pool and its connections.
+                raise StorageUnavailable(f"database busy: {exc}") from None
             except _CONNECTION_ERRORS as exc:
-                if attempt == 2:
-                    # Possibly a failover: choose the host again next time.
-                    await self._drop_pool()
-                    self._last_failure = time.monotonic()
-                    self._last_error = (
-                        f"database unavailable: {str(exc).strip() or type(exc).__name__}"
-                    )
-                    raise StorageUnavailable(self._last_error) from exc
+                # Not one connection left and none to be had: an outage.
+                await self._lost(pool, exc)
+                raise AssertionError("unreachable") from exc
+            try:
+                async with conn.cursor() as cur:
+                    result = await op(cur)
+            except _CONNECTION_ERRORS as exc:
+                pool.release(conn, discard=True)
+                if attempt == 2 or isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
+                    await self._lost(pool, exc)
             except psycopg2.DataError as exc:
+                pool.release(conn)
                 raise Invalid(f"invalid request: {str(exc).strip()}") from exc
             except psycopg2.Error as exc:
+                pool.release(conn)
                 raise StorageError(f"database error: {exc.pgerror or exc}") from exc
+            except BaseException:
+                pool.release(conn)
+                raise
+            else:
+                pool.release(conn)
+                return result
         raise AssertionError("unreachable")
+
+    async def _lost(self, pool: ConnectionPool, exc: BaseException) -> NoReturn:
+        """A 503 for a connection error; the pool is dropped (and the host
+        chosen again: a failover) only when it has no live connection left
+        or reached a read-only server, never for one dead connection."""
+        reason = str(exc).strip() or type(exc).__name__
+        gone = pool.size == 0 or isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction)
+        if gone and pool is self._pool:
+            await self._drop_pool()
+            self._last_failure = time.monotonic()
+            self._last_error = f"database unavailable: {reason}"
+        raise StorageUnavailable(f"database unavailable: {reason}") from exc
 
     def pool_stats(self) -> PoolStats:
         pool = self._pool

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,8 @@ T = TypeVar("T")
 SURVEY_SQL = "SELECT id, name, tags FROM images ORDER BY id"
 KEYS_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
 SET_KEYS_SQL = "UPDATE images SET norm_name = ?, digest = ? WHERE id = ?"
+
+log = logging.getLogger("imagelist.storage")
 
 
 def recompute_keys(conn: sqlite3.Connection) -> None:
@@ -142,6 +145,10 @@ class SqliteStorage(Storage):
                 conn.close()
                 raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
             self._conn = conn
+            # Where the data lives, said once: the default path is not obvious.
+            log.info(
+                "storage_opened", extra={"storage": self.kind, "path": os.path.abspath(self.path)}
+            )
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 

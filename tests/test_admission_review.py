@@ -349,7 +349,6 @@ async def test_gatekeeper_v1alpha1_and_empty(api) -> None:
             "kind": "ProviderRequest",
             "request": {"keys": [None]},
         },
-        provider_request(*(["nginx"] * 1001)),
     ],
 )
 @pytest.mark.gen_test

@@ -22,7 +22,10 @@ def app_routes(ctx) -> dict[str, set[str]]:
     routes: dict[str, set[str]] = {}
     for rule in make_app(ctx).wildcard_router.rules:
         handler = rule.target
-        methods = {m for m in METHODS if getattr(handler, m) is not getattr(RequestHandler, m)}
+        # HEAD is answered wherever GET is (BaseHandler.head), undocumented.
+        methods = {
+            m for m in METHODS - {"head"} if getattr(handler, m) is not getattr(RequestHandler, m)
+        }
         routes[handler.route] = methods
     return routes
 
