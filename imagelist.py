@@ -17,8 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-import upgrade
-from config import Config, ConfigError, load_config
+from config import Config, ConfigError, load_config, upgrade
 from config.dsn import password_of
 from config.fdlimit import default_max_connections, raise_nofile_limit
 from config.logging import setup_logging

@@ -1,9 +1,9 @@
-"""`imagelist --migrate` and `imagelist --migrate-dry-run`: an upgrade that
-can be rehearsed. The dry run connects, looks, prints what migrating would
-change (and what today's rules would refuse of the data it keeps), and
-changes nothing; `--migrate` does it and exits, so that the schema change
-(the Go service's table adopted) is a step of its own, before any instance
-serves.
+"""The command-line actions besides serving, `imagelist --migrate` and
+`imagelist --migrate-dry-run`: an upgrade that can be rehearsed. The dry run
+connects, looks, prints what migrating would change (and what today's rules
+would refuse of the data it keeps), and changes nothing; `--migrate` does it
+and exits, so that the schema change (the Go service's table adopted) is a
+step of its own, before any instance serves.
 """
 
 from __future__ import annotations
