@@ -24,7 +24,7 @@ from config.tokens import TokenFileError, TokenRegistry
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from handlers.metrics import Metrics
-from storage import Storage, StorageError, create_storage
+from storage import Replica, Storage, StorageError, create_replica, create_storage
 
 log = structlog.get_logger("imagelist")
 
@@ -91,6 +91,11 @@ def build_storage(config: Config, metrics: Metrics) -> Storage:
     )
 
 
+def build_replica(config: Config, storage: Storage, metrics: Metrics) -> Replica:
+    """The admission replica of `storage`, reporting to `metrics`."""
+    return create_replica(storage, max_age=config.replica_max_age, observer=metrics.observe_replica)
+
+
 async def serve(config: Config) -> int:
     metrics = Metrics()
     try:
@@ -104,13 +109,19 @@ async def serve(config: Config) -> int:
     except (StorageError, OSError) as exc:
         log.error("storage_open_failed", storage=storage.kind, error=str(exc))
         return 1
-    ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
+    # Fills in the background: start-up does not wait for the database.
+    replica = build_replica(config, storage, metrics)
+    await replica.open()
+    ctx = AppContext(
+        config=config, storage=storage, metrics=metrics, tokens=tokens, replica=replica
+    )
     ssl_options: ssl.SSLContext | None = None
     if config.certfile and config.keyfile:
         try:
             tls = ReloadableTls(config.certfile, config.keyfile)
         except (OSError, ssl.SSLError) as exc:
             log.error("tls_setup_failed", error=str(exc))
+            await replica.close()
             await storage.close()
             return 1
         ssl_options = tls.context
@@ -130,6 +141,7 @@ async def serve(config: Config) -> int:
         log.error(
             "listen_failed", listen=f"{config.listen_host}:{config.listen_port}", error=str(exc)
         )
+        await replica.close()
         await storage.close()
         return 1
     server.add_sockets(sockets)
@@ -157,6 +169,7 @@ async def serve(config: Config) -> int:
     sd_notify("STOPPING=1")
     log.info("stopping", inflight=ctx.inflight)
     await drain(ctx, server, config.shutdown_timeout)
+    await replica.close()
     await storage.close()
     if pinger is not None:
         pinger.cancel()

@@ -40,6 +40,7 @@ class Config:
     shutdown_timeout: float
     reuse_port: bool
     admission_mode: str
+    replica_max_age: float = 600.0
 
     @property
     def storage_kind(self) -> str:
@@ -141,6 +142,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "enforce",
         metavar="enforce|warn",
     )
+    add(
+        "replica-max-age",
+        "seconds admission decisions may come from the in-memory replica alone "
+        "while the database does not answer, counted from when the replica "
+        "was last known current; after that they fail with 503",
+        "600",
+        metavar="SECONDS",
+    )
     return parser
 
 
@@ -231,4 +240,5 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         shutdown_timeout=float(_number("shutdown-timeout", ns.shutdown_timeout, float, 0)),
         reuse_port=bool(ns.reuse_port),
         admission_mode=str(ns.admission_mode),
+        replica_max_age=float(_number("replica-max-age", ns.replica_max_age, float, 0)),
     )

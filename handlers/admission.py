@@ -84,7 +84,7 @@ class AllowedHandler(AdmissionHandler):
         image = self.query("image")
         if not image:
             raise ApiError(400, "image parameter is required", {"parameter": "image"})
-        decision = (await decide(self.ctx.storage, [image]))[image]
+        decision = (await decide(self.ctx.decisions, [image]))[image]
         if decision.image is None:
             raise ApiError(400, decision.reason, {"parameter": "image"})
         # A question, not an admission: warn mode does not change the answer.
@@ -153,7 +153,7 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
                 images = container_images(group, kind_name, obj)
             except MalformedObject as exc:
                 raise ApiError(400, f"malformed request.object: {exc}") from None
-        decisions = await decide(self.ctx.storage, [c.image for c in images])
+        decisions = await decide(self.ctx.decisions, [c.image for c in images])
         not_allowed = [(c, decisions[c.image]) for c in images if not decisions[c.image].allowed]
         result = self.settle(list(decisions.values()))
         self.count(result)
@@ -205,7 +205,7 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
         if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
             raise ApiError(400, "spec.containers must be a list of objects")
         images = _image_list([c.get("image") for c in containers], "spec.containers[].image")
-        decisions = await decide(self.ctx.storage, images)
+        decisions = await decide(self.ctx.decisions, images)
         result = self.settle(list(decisions.values()))
         self.count(result)
         lines = [f"image {d.describe()}" for d in decisions.values() if not d.allowed]
@@ -238,7 +238,7 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
         _check_type(body, GATEKEEPER_APIS, "ProviderRequest")
         request = _object(body.get("request"), "request")
         keys = _image_list(request.get("keys", []), "request.keys")
-        decisions = await decide(self.ctx.storage, keys)
+        decisions = await decide(self.ctx.decisions, keys)
         result = self.settle(list(decisions.values()))
         self.count(result)
         items = []

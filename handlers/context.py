@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from config.options import Config
 from config.tokens import TokenRegistry
 from storage.base import Storage
+from storage.replica import Replica
 
 if TYPE_CHECKING:
     from handlers.metrics import Metrics
@@ -27,10 +28,20 @@ class AppContext:
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
     #: Bearer tokens for writes; None when no --tokens-file (auth off).
     tokens: TokenRegistry | None = None
+    #: Admission decisions' in-memory replica; None: every decision asks
+    #: the database.
+    replica: Replica | None = None
 
     def __post_init__(self) -> None:
         # Every app exports its store's pool, however it was assembled.
         self.metrics.watch_storage(self.storage)
+        if self.replica is not None:
+            self.metrics.watch_replica(self.replica)
+
+    @property
+    def decisions(self) -> Storage | Replica:
+        """What admission decisions are matched against."""
+        return self.storage if self.replica is None else self.replica
 
     def reload(self) -> None:
         for hook in self.reload_hooks:

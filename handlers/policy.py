@@ -1,18 +1,26 @@
 """Admission decisions: image references in, one decision per reference out.
 
-Shared by every admission endpoint so they cannot disagree. Nothing is
-cached: each call asks the database once (one query for all references), so
-a write through any instance is seen by every instance's next decision.
+Shared by every admission endpoint so they cannot disagree. The entries
+come from the in-memory replica (storage/replica.py), which answers like
+the database's one match query for all references, only without the round
+trip, and keeps answering while the database is away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from storage.base import Storage
 from storage.model import Image
 from storage.reference import ImageRef, InvalidReference, parse_reference
+
+
+class Matcher(Protocol):
+    """A Storage, or the Replica in front of it."""
+
+    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]: ...
+
 
 # Longest slice of an invalid reference quoted back in messages and logs.
 _QUOTE_LIMIT = 100
@@ -60,8 +68,8 @@ def _reason(image: ImageRef, entry: Image | None) -> str:
     return f"entry {entry.id} ({entry.name}) lists tag {image.tag}"
 
 
-async def decide(storage: Storage, references: Iterable[str]) -> dict[str, Decision]:
-    """A decision for each distinct reference, from one storage query."""
+async def decide(storage: Matcher, references: Iterable[str]) -> dict[str, Decision]:
+    """A decision for each distinct reference, from one match."""
     parsed: dict[str, ImageRef | InvalidReference] = {}
     for reference in references:
         if reference not in parsed:

@@ -25,6 +25,10 @@ T = TypeVar("T")
 #: off this so that storage stays free of prometheus and tornado.
 QueryObserver = Callable[[str, float, bool], None]
 
+#: Told about every write through a store once it is committed: the id, and
+#: the entry as stored (None: deleted). The admission replica hangs off this.
+ChangeListener = Callable[[str, Image | None], None]
+
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
@@ -70,6 +74,13 @@ class Storage(abc.ABC):
     kind: str = ""
     #: Optional callback told about every operation (see `observed`).
     observer: QueryObserver | None = None
+    #: Optional callback told about every committed write (see ChangeListener).
+    on_change: ChangeListener | None = None
+
+    def changed(self, image_id: str, image: Image | None) -> None:
+        """Backends call this after each committed put or delete."""
+        if self.on_change is not None:
+            self.on_change(image_id, image)
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -118,6 +118,43 @@ CREATE TRIGGER images_entry_json BEFORE INSERT OR UPDATE ON images
 UPDATE images SET entry_json = NULL;
 """
 
+# Migration 4: every change to an entry, by any writer (another instance, an
+# older version, psql), is announced to the admission replicas listening on
+# CHANGES_CHANNEL; the payload is the id (a NOTIFY payload is at most 8,000
+# bytes: an id too long for one, or a TRUNCATE, asks for a full reload on
+# RELOAD_CHANNEL instead). Delivered at commit, in commit order.
+CHANGES_CHANNEL = "imagelist_changes"
+RELOAD_CHANNEL = "imagelist_reload"
+NOTIFY_CHANGES_SQL = """
+CREATE OR REPLACE FUNCTION imagelist_notify_change_v1() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed text;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify('imagelist_reload', '');
+        RETURN NULL;
+    END IF;
+    FOREACH changed IN ARRAY CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.id]
+                                        WHEN 'DELETE' THEN ARRAY[OLD.id]
+                                        ELSE ARRAY[OLD.id, NEW.id] END
+    LOOP
+        IF octet_length(changed) <= 4000 THEN
+            PERFORM pg_notify('imagelist_changes', changed);
+        ELSE
+            PERFORM pg_notify('imagelist_reload', '');
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS images_notify_change ON images;
+CREATE TRIGGER images_notify_change AFTER INSERT OR UPDATE OR DELETE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagelist_notify_change_v1();
+DROP TRIGGER IF EXISTS images_notify_truncate ON images;
+CREATE TRIGGER images_notify_truncate AFTER TRUNCATE ON images
+    FOR EACH STATEMENT EXECUTE FUNCTION imagelist_notify_change_v1();
+"""
+
 MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     """
     CREATE TABLE IF NOT EXISTS images (
@@ -133,6 +170,7 @@ MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
     """,
     add_reference_keys,
     ENTRY_JSON_SQL,
+    NOTIFY_CHANGES_SQL,
 )
 
 SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
@@ -245,11 +283,17 @@ class PostgresStorage(Storage):
         self._timeout = timeout
         self._retry_interval = retry_interval
         self._pool: aiopg.Pool | None = None
+        self._pool_dsn = self._hosts[0]
         self._pool_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(pool_size)
         self._last_failure = 0.0
         self._last_error = "not connected yet"
         self._closed = False
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a query may take (--db-timeout)."""
+        return self._timeout
 
     # -- connection management -------------------------------------------
 
@@ -302,10 +346,32 @@ class PostgresStorage(Storage):
                     errors.append("statement timeout while connecting")
                     continue
                 self._pool = pool
+                self._pool_dsn = dsn
                 return pool
             self._last_failure = time.monotonic()
             self._last_error = "database unavailable: " + "; ".join(errors)
             raise StorageUnavailable(self._last_error)
+
+    async def connect_dedicated(self, application_name: str) -> aiopg.Connection:
+        """A connection of its own, outside the pool (a LISTEN needs one that
+        stays with its listener), to the server the pool uses, with the
+        schema migrated. StorageUnavailable when there is none."""
+        await self._get_pool()
+        try:
+            conn = await aiopg.connect(
+                self._pool_dsn,
+                application_name=application_name,
+                timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
+                enable_hstore=False,
+                enable_json=False,
+                enable_uuid=False,
+                options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailable(
+                f"database unavailable: {str(exc).strip() or type(exc).__name__}"
+            ) from exc
+        return conn
 
     async def _connect(self, dsn: str) -> aiopg.Pool:
         pool = await aiopg.create_pool(
@@ -469,6 +535,7 @@ class PostgresStorage(Storage):
 
         stored = _row_to_image(await self._run(op))
         warn_if_unmatchable(stored)
+        self.changed(stored.id, stored)
         return stored
 
     @observed
@@ -477,6 +544,7 @@ class PostgresStorage(Storage):
             await cur.execute(DELETE_SQL, {"id": image_id})
 
         await self._run(op)
+        self.changed(image_id, None)
 
     async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
         timestamp = query.sort in ("created_at", "updated_at")

@@ -174,6 +174,11 @@ class SqliteStorage(Storage):
         finally:
             self._pending -= 1
 
+    async def run_on_connection(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the store's own connection and thread (for storage's
+        other modules; sqlite3 errors become StorageUnavailable)."""
+        return await self._run(fn)
+
     def pool_stats(self) -> PoolStats:
         is_open = self._conn is not None
         return PoolStats(
@@ -261,11 +266,13 @@ class SqliteStorage(Storage):
 
         stored = _row_to_image(await self._run(upsert))
         warn_if_unmatchable(stored)
+        self.changed(stored.id, stored)
         return stored
 
     @observed
     async def delete(self, image_id: str) -> None:
         await self._run(lambda c: c.execute(DELETE_SQL, {"id": image_id}))
+        self.changed(image_id, None)
 
     async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
         params = list_params(query)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from config import load_config  # noqa: E402
 from handlers import AppContext, make_app  # noqa: E402
 from handlers.metrics import Metrics  # noqa: E402
-from imagelist import build_storage  # noqa: E402
+from imagelist import build_replica, build_storage  # noqa: E402
 
 from pgcluster import PgCluster, create_database  # noqa: E402
 
@@ -100,8 +100,11 @@ def ctx(database_url: str, app_options: list[str], io_loop) -> Iterator[AppConte
     metrics = Metrics()
     storage = build_storage(config, metrics)
     io_loop.run_sync(storage.open)
-    context = AppContext(config=config, storage=storage, metrics=metrics)
+    replica = build_replica(config, storage, metrics)
+    io_loop.run_sync(replica.open)
+    context = AppContext(config=config, storage=storage, metrics=metrics, replica=replica)
     yield context
+    io_loop.run_sync(replica.close)
     io_loop.run_sync(storage.close)
 
 
