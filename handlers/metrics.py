@@ -185,6 +185,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in ("denied", "allowed", "unavailable"):
+            self.replica_confirmations.labels(outcome)  # exported from zero
         self.replica_fallbacks = Counter(
             "imagelist_replica_fallback_decisions_total",
             "Admission lookups answered by a replica that was not known current, "

@@ -16,7 +16,7 @@ from tornado.testing import bind_unused_port
 
 from config import load_config
 from handlers import AppContext, make_app
-from storage import create_storage
+from storage import create_replica, create_storage
 
 from client import Client
 from pgcluster import create_database
@@ -31,8 +31,9 @@ def http_client(io_loop):
 
 
 @contextlib.asynccontextmanager
-async def instance(http_client, database_url: str) -> AsyncIterator[Client]:
-    """One more imagelist instance: its own Storage, app and port."""
+async def instance(http_client, database_url: str, replica: bool = True) -> AsyncIterator[Client]:
+    """One more imagelist instance: its own Storage, replica, app and port
+    (without a replica, every decision asks the database)."""
     config = load_config(
         ["--database-url", database_url, "--db-timeout", "2", "--db-connect-timeout", "1"],
         env={},
@@ -44,14 +45,19 @@ async def instance(http_client, database_url: str) -> AsyncIterator[Client]:
         connect_timeout=config.db_connect_timeout,
     )
     await storage.open()
+    decisions = create_replica(storage, max_age=config.replica_max_age) if replica else None
+    if decisions is not None:
+        await decisions.open()
     sock, port = bind_unused_port()
-    server = HTTPServer(make_app(AppContext(config=config, storage=storage)))
+    server = HTTPServer(make_app(AppContext(config=config, storage=storage, replica=decisions)))
     server.add_sockets([sock])
     try:
         yield Client(http_client, f"http://127.0.0.1:{port}")
     finally:
         server.stop()
         await server.close_all_connections()
+        if decisions is not None:
+            await decisions.close()
         await storage.close()
 
 
@@ -83,9 +89,13 @@ async def test_a_write_on_one_instance_decides_the_next_review_on_another(
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_database_down_is_a_quick_503_then_recovers(http_client, pg_cluster) -> None:
+async def test_without_a_replica_database_down_is_a_quick_503_then_recovers(
+    http_client, pg_cluster
+) -> None:
+    # What a daemon restarted during an outage answers (no replica yet); the
+    # replica's own outage behaviour is in test_replica_process.py.
     url = create_database(pg_cluster.url(), "imagelist_down")
-    async with instance(http_client, url) as api:
+    async with instance(http_client, url, replica=False) as api:
         assert (await api.put({"id": "n", "name": "nginx", "tags": ["1.25"]})).status == 200
         assert await validate(api, "nginx:1.25") is True
 
