@@ -8,11 +8,13 @@
 These are called by the API server (or Gatekeeper), not by writers, so they
 take no bearer token; protect them with TLS and the network instead.
 
-A database that does not answer is a 503 JSON error, raised as
-StorageUnavailable and mapped in handlers/errors.py like everywhere else,
-rather than an answer: the cluster's own failure setting (failurePolicy,
-defaultAllow, the Rego's system_error rule) then decides, instead of
-imagelist guessing allow or deny.
+Decisions come from the in-memory replica (storage/replica.py), which keeps
+answering while the database is away, for up to --replica-max-age after it
+was last known current. Past that, or before it was ever loaded, a database
+that does not answer is a 503 JSON error, raised as StorageUnavailable and
+mapped in handlers/errors.py like everywhere else, rather than an answer:
+the cluster's own failure setting (failurePolicy, defaultAllow, the Rego's
+system_error rule) then decides, instead of imagelist guessing.
 
 In warn mode (--admission-mode warn) nothing is denied: would-be denials
 come back as AdmissionReview warnings or in the ImageReview/Gatekeeper
