@@ -150,3 +150,13 @@ async def test_sqlite_another_process_writing_the_file_is_seen_by_the_next_decis
 
 def reloads_of(ctx) -> float:
     return ctx.metrics.registry.get_sample_value("imagelist_replica_reloads_total")
+
+
+def test_replica_max_age_option() -> None:
+    from config import ConfigError, load_config
+
+    assert load_config([], env={}).replica_max_age == 600
+    config = load_config([], env={"IMAGELIST_REPLICA_MAX_AGE": "30"})
+    assert config.replica_max_age == 30
+    with pytest.raises(ConfigError, match="--replica-max-age"):
+        load_config(["--replica-max-age", "-1"], env={})
