@@ -44,7 +44,7 @@ from bench.seed import entry, seed  # noqa: E402
 
 from pgcluster import PgCluster, create_database, free_port  # noqa: E402
 
-# The old Go service on this kind of machine (issue 7), for the targets.
+# The old Go service on this kind of machine, for the targets.
 OLD_GET_RPS = 3300
 OLD_LIST_RPS = 120
 MB = 1024 * 1024
@@ -333,12 +333,12 @@ def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Pa
         empty = procs.daemon("imagelist-empty", workdir, free_port(), empty_db)
         with running(empty):
             wait_current(hello_port_of(empty))
-            empty_rss = empty.rss()
+            empty_rss = procs.rss(hello_port_of(empty))
         with running(daemon):
             report.fact("start-up to ready (PostgreSQL)", f"{daemon.ready_seconds * 1000:.0f} ms")
             wait_current(port)
             loaded = load_seconds(daemon)
-            extra = daemon.rss() - empty_rss
+            extra = procs.rss(port) - empty_rss
             report.fact(
                 f"replica: first full load of {s.images:,} entries",
                 f"{loaded:.2f} s",
@@ -350,8 +350,7 @@ def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Pa
                 f"< 60 MB: {met(extra < 60 * MB)}" if s.images >= 100_000 else "",
             )
             warm_up(port, files, s)
-            base_rss = daemon.rss()
-            daemon.reset_peak_rss()
+            base_rss = procs.rss(port)
 
             def measure(
                 scenario: str,
@@ -366,60 +365,69 @@ def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Pa
                 ceilings = [("hello", hellos[conns])] if conns in hellos else []
                 if vs == "pgbench":
                     ceilings.append(("pgbench", pg))
+                report.add(Row(scenario, "postgres", conns, result, ceilings, target, mb_s))
                 if vs == "live":
                     ceilings.append(("/health/live", lives[conns]))
-                report.add(Row(scenario, "postgres", conns, result, ceilings, target, mb_s))
                 return result
 
             big = s.images >= 10_000
+            points = procs.PeakRss(port)
             lives = {s.conns: measure("GET /health/live (no database)", "live", s.conns)}
-            measure(
-                "GET /images/{id}",
-                "id",
-                s.conns,
-                target=rps_p99(1.5 * OLD_GET_RPS, 25),
-                vs="pgbench",
-            )
-            measure(
-                "GET /allowed?image=",
-                "allowed",
-                s.conns,
-                target=at_least_x(0.8, "/health/live", lives[s.conns]),
-                vs="live",
-            )
-            measure(
-                "POST AdmissionReview, 10 images",
-                "review",
-                s.conns,
-                target=at_least_x(0.6, "/health/live", lives[s.conns], p99=25),
-                vs="live",
-            )
-            measure(
-                "POST AdmissionReview, 9 listed + 1 not (denial confirmed)",
-                "review_mixed",
-                s.conns,
-                vs="live",
-            )
-            measure("GET /images?name=", "name", s.conns)
-            measure("GET /health/ping", "ping", s.conns)
-            if not s.smoke:
-                measure("GET /images/{id}", "id", s.low_conns, target=p99_under(2), vs="pgbench")
+            with points.sampling():
                 measure(
-                    "GET /allowed?image=", "allowed", s.low_conns, target=p99_under(2), vs="pgbench"
+                    "GET /images/{id}",
+                    "id",
+                    s.conns,
+                    target=rps_p99(1.5 * OLD_GET_RPS, 25),
+                    vs="pgbench",
                 )
-            peak_small = daemon.peak_rss()
+                measure(
+                    "GET /allowed?image=",
+                    "allowed",
+                    s.conns,
+                    target=at_least_x(0.8, "/health/live", lives[s.conns]),
+                    vs="live",
+                )
+                measure(
+                    "POST AdmissionReview, 10 images",
+                    "review",
+                    s.conns,
+                    target=at_least_x(0.6, "/health/live", lives[s.conns], p99=25),
+                    vs="live",
+                )
+                measure(
+                    "POST AdmissionReview, 9 listed + 1 not (denial confirmed)",
+                    "review_mixed",
+                    s.conns,
+                    vs="live",
+                )
+                measure("GET /images?name=", "name", s.conns)
+                measure("GET /health/ping", "ping", s.conns)
+                if not s.smoke:
+                    measure(
+                        "GET /images/{id}", "id", s.low_conns, target=p99_under(2), vs="pgbench"
+                    )
+                    measure(
+                        "GET /allowed?image=",
+                        "allowed",
+                        s.low_conns,
+                        target=p99_under(2),
+                        vs="pgbench",
+                    )
+            peak_small = points.peak
 
-            # The whole list last, with the peak reset: its growth is the point.
-            before = daemon.rss()
-            daemon.reset_peak_rss()
-            measure(
-                f"GET /images (all {s.images:,})",
-                "list",
-                s.list_conns if big else s.conns,
-                target=None if big else rps_at_least(3 * OLD_LIST_RPS),
-                mb_s=True,
-            )
-            growth = daemon.peak_rss() - before
+            # The whole list last, sampled on its own: its growth is the point.
+            before = procs.rss(port)
+            listing = procs.PeakRss(port)
+            with listing.sampling():
+                measure(
+                    f"GET /images (all {s.images:,})",
+                    "list",
+                    s.list_conns if big else s.conns,
+                    target=None if big else rps_at_least(3 * OLD_LIST_RPS),
+                    mb_s=True,
+                )
+            growth = listing.peak - before
             report.fact("daemon RSS after warm-up (PostgreSQL)", f"{base_rss / MB:.1f} MB")
             report.fact("daemon peak RSS, point queries", f"{peak_small / MB:.1f} MB")
             report.fact(

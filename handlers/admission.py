@@ -1,4 +1,4 @@
-"""Kubernetes admission, built in (SPEC 4).
+"""Kubernetes admission, built in.
 
 - GET  /allowed?image=REF        one reference, for scripts
 - POST /admission/validate       ValidatingAdmissionWebhook, AdmissionReview v1
@@ -29,9 +29,9 @@ import structlog
 
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
-from handlers.images import image_json
+from handlers.images import entry_json
 from handlers.policy import Decision, decide, quote
-from handlers.workloads import ContainerImage, MalformedObject, container_images
+from handlers.workloads import Container, MalformedObject, pod_containers
 
 log = structlog.get_logger("imagelist.admission")
 
@@ -87,7 +87,7 @@ class AllowedHandler(AdmissionHandler):
         if not image:
             raise ApiError(400, "image parameter is required", {"parameter": "image"})
         decision = (await decide(self.ctx.decisions, [image]))[image]
-        if decision.image is None:
+        if decision.reference is None:
             raise ApiError(400, decision.reason, {"parameter": "image"})
         # A question, not an admission: warn mode does not change the answer.
         self.count("allowed" if decision.allowed else "denied")
@@ -96,7 +96,7 @@ class AllowedHandler(AdmissionHandler):
                 "allowed": decision.allowed,
                 "image": decision.resolved,
                 "reason": decision.reason,
-                "entry": image_json(decision.entry) if decision.entry else None,
+                "entry": entry_json(decision.entry) if decision.entry else None,
             }
         )
 
@@ -107,13 +107,16 @@ def _object(body: Any, what: str) -> dict[str, Any]:
     return body
 
 
-def _check_type(body: dict[str, Any], api_versions: tuple[str, ...], kind: str) -> None:
-    if body.get("kind") != kind or body.get("apiVersion") not in api_versions:
+def _typed_body(body: Any, api_versions: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """The request body, when it is a JSON object of this kind and apiVersion."""
+    obj = _object(body, "the body")
+    if obj.get("kind") != kind or obj.get("apiVersion") not in api_versions:
         raise ApiError(
             400,
             f"expected a {kind} of apiVersion {' or '.join(api_versions)}",
-            {"apiVersion": str(body.get("apiVersion")), "kind": str(body.get("kind"))},
+            {"apiVersion": str(obj.get("apiVersion")), "kind": str(obj.get("kind"))},
         )
+    return obj
 
 
 def _image_list(values: Any, field: str) -> list[str]:
@@ -131,8 +134,7 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
     endpoint = "validate"
 
     async def post(self) -> None:
-        review = _object(self.json_body(), "the body")
-        _check_type(review, (ADMISSION_API,), "AdmissionReview")
+        review = _typed_body(self.json_body(), (ADMISSION_API,), "AdmissionReview")
         request = _object(review.get("request"), "request")
         uid = request.get("uid")
         if not isinstance(uid, str) or not uid:
@@ -149,14 +151,16 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
             raise ApiError(400, "request.object must be an object or null")
 
         # Deleting never starts a container; other verbs run the new object.
-        images: list[ContainerImage] = []
+        containers: list[Container] = []
         if operation != "DELETE":
             try:
-                images = container_images(group, kind_name, obj)
+                containers = pod_containers(group, kind_name, obj)
             except MalformedObject as exc:
                 raise ApiError(400, f"malformed request.object: {exc}") from None
-        decisions = await decide(self.ctx.decisions, [c.image for c in images])
-        not_allowed = [(c, decisions[c.image]) for c in images if not decisions[c.image].allowed]
+        decisions = await decide(self.ctx.decisions, [c.reference for c in containers])
+        not_allowed = [
+            (c, decisions[c.reference]) for c in containers if not decisions[c.reference].allowed
+        ]
         result = self.settle(list(decisions.values()))
         self.count(result)
         lines = [_denial_line(c, d) for c, d in not_allowed]
@@ -185,10 +189,10 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
         )
 
 
-def _denial_line(container: ContainerImage, decision: Decision) -> str:
+def _denial_line(container: Container, decision: Decision) -> str:
     who = container.location
-    if container.container:
-        who = f"container {quote(container.container)} ({container.location})"
+    if container.name:
+        who = f"container {quote(container.name)} ({container.location})"
     return f"{who}: image {decision.describe()}"
 
 
@@ -199,8 +203,7 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
     endpoint = "imagepolicy"
 
     async def post(self) -> None:
-        review = _object(self.json_body(), "the body")
-        _check_type(review, (IMAGEPOLICY_API,), "ImageReview")
+        review = _typed_body(self.json_body(), (IMAGEPOLICY_API,), "ImageReview")
         spec = _object(review.get("spec"), "spec")
         containers = spec.get("containers")
         containers = [] if containers is None else containers
@@ -236,8 +239,7 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
     endpoint = "gatekeeper"
 
     async def post(self) -> None:
-        body = _object(self.json_body(), "the body")
-        _check_type(body, GATEKEEPER_APIS, "ProviderRequest")
+        body = _typed_body(self.json_body(), GATEKEEPER_APIS, "ProviderRequest")
         request = _object(body.get("request"), "request")
         keys = _image_list(request.get("keys", []), "request.keys")
         decisions = await decide(self.ctx.decisions, keys)

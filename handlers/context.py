@@ -1,25 +1,22 @@
-"""Everything a handler needs, built once by main() and passed in."""
+"""Everything a handler needs, built once by the assembly and passed in."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from config.metrics import Metrics
 from config.options import Config
 from config.tokens import TokenRegistry
 from storage.base import Storage
 from storage.replica import Replica
-
-if TYPE_CHECKING:
-    from handlers.metrics import Metrics
 
 
 @dataclass
 class AppContext:
     config: Config
     storage: Storage
-    metrics: Metrics = field(default_factory=lambda: _new_metrics())
+    metrics: Metrics
     #: Entries per database page when streaming `GET /images`.
     list_chunk: int = 500
     #: Requests being served now; shutdown waits for this to reach zero.
@@ -28,15 +25,9 @@ class AppContext:
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
     #: Bearer tokens for writes; None when no --tokens-file (auth off).
     tokens: TokenRegistry | None = None
-    #: Admission decisions' in-memory replica; None: every decision asks
-    #: the database.
+    #: The in-memory replica admission decisions come from; None: every
+    #: decision asks the database.
     replica: Replica | None = None
-
-    def __post_init__(self) -> None:
-        # Every app exports its store's pool, however it was assembled.
-        self.metrics.watch_storage(self.storage)
-        if self.replica is not None:
-            self.metrics.watch_replica(self.replica)
 
     @property
     def decisions(self) -> Storage | Replica:
@@ -46,9 +37,3 @@ class AppContext:
     def reload(self) -> None:
         for hook in self.reload_hooks:
             hook()
-
-
-def _new_metrics() -> Metrics:
-    from handlers.metrics import Metrics
-
-    return Metrics()

@@ -8,18 +8,18 @@ trip, and keeps answering while the database is away.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from storage.model import Image
-from storage.reference import ImageRef, InvalidReference, parse_reference
+from storage.model import Entry
+from storage.reference import InvalidReference, Reference, parse_reference
 
 
 class Matcher(Protocol):
     """A Storage, or the Replica in front of it."""
 
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]: ...
+    def match(self, refs: Sequence[Reference]) -> Awaitable[list[Entry | None]]: ...
 
 
 # Longest slice of an invalid reference quoted back in messages and logs.
@@ -28,9 +28,9 @@ _QUOTE_LIMIT = 100
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    reference: str  # as the caller wrote it
-    image: ImageRef | None  # None: not a valid reference
-    entry: Image | None  # the entry that allows it
+    written: str  # the reference as the caller wrote it
+    reference: Reference | None  # parsed; None: not a valid reference
+    entry: Entry | None  # the entry that allows it
     reason: str
 
     @property
@@ -40,12 +40,12 @@ class Decision:
     @property
     def resolved(self) -> str | None:
         """The reference as distribution's ParseDockerRef renders it."""
-        return None if self.image is None else str(self.image)
+        return None if self.reference is None else str(self.reference)
 
     def describe(self) -> str:
         """`<reference> (<resolved>): <reason>`, for denial lists."""
-        shown = quote(self.reference)
-        if self.resolved is not None and self.resolved != self.reference:
+        shown = quote(self.written)
+        if self.resolved is not None and self.resolved != self.written:
             shown = f"{shown} ({self.resolved})"
         return f"{shown}: {self.reason}"
 
@@ -58,34 +58,32 @@ def quote(text: str) -> str:
     return safe or '""'
 
 
-def _reason(image: ImageRef, entry: Image | None) -> str:
-    if image.digest is not None:
+def _reason(reference: Reference, entry: Entry | None) -> str:
+    if reference.digest is not None:
         if entry is None:
-            return f"no entry for {image.name} has digest {image.digest}"
-        return f"entry {entry.id} ({entry.name}) has digest {image.digest}"
+            return f"no entry for {reference.name} has digest {reference.digest}"
+        return f"entry {entry.id} ({entry.name}) has digest {reference.digest}"
     if entry is None:
-        return f"no entry for {image.name} lists tag {image.tag}"
-    return f"entry {entry.id} ({entry.name}) lists tag {image.tag}"
+        return f"no entry for {reference.name} lists tag {reference.tag}"
+    return f"entry {entry.id} ({entry.name}) lists tag {reference.tag}"
 
 
-async def decide(storage: Matcher, references: Iterable[str]) -> dict[str, Decision]:
-    """A decision for each distinct reference, from one match."""
-    parsed: dict[str, ImageRef | InvalidReference] = {}
-    for reference in references:
-        if reference not in parsed:
+async def decide(storage: Matcher, written: Iterable[str]) -> dict[str, Decision]:
+    """A decision for each distinct reference as written, from one storage query."""
+    parsed: dict[str, Reference | InvalidReference] = {}
+    for text in written:
+        if text not in parsed:
             try:
-                parsed[reference] = parse_reference(reference)
+                parsed[text] = parse_reference(text)
             except InvalidReference as exc:
-                parsed[reference] = exc
-    lookups = list({p for p in parsed.values() if isinstance(p, ImageRef)})
+                parsed[text] = exc
+    lookups = list({p for p in parsed.values() if isinstance(p, Reference)})
     entries = dict(zip(lookups, await storage.match(lookups), strict=True)) if lookups else {}
     decisions = {}
-    for reference, image in parsed.items():
-        if isinstance(image, InvalidReference):
-            decisions[reference] = Decision(
-                reference, None, None, f"invalid image reference: {image}"
-            )
+    for text, reference in parsed.items():
+        if isinstance(reference, InvalidReference):
+            decisions[text] = Decision(text, None, None, f"invalid image reference: {reference}")
         else:
-            entry = entries[image]
-            decisions[reference] = Decision(reference, image, entry, _reason(image, entry))
+            entry = entries[reference]
+            decisions[text] = Decision(text, reference, entry, _reason(reference, entry))
     return decisions

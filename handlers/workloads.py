@@ -38,18 +38,14 @@ class MalformedObject(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerImage:
+class Container:
     location: str  # e.g. spec.template.spec.initContainers[0]
-    container: str  # the container's name ("" when it has none)
-    image: str
+    name: str  # the container's name ("" when it has none)
+    reference: str  # its image, as written
 
 
-def has_pod_spec(group: str, kind: str) -> bool:
-    return (group, kind) in POD_SPEC_PATHS
-
-
-def container_images(group: str, kind: str, obj: Any) -> list[ContainerImage]:
-    """Every image the object would run, in spec order; [] for kinds that
+def pod_containers(group: str, kind: str, obj: Any) -> list[Container]:
+    """Every container the object would run, in spec order; [] for kinds that
     carry no pod spec. A container without an image names nothing to check
     (the API server rejects such a Pod itself)."""
     path = POD_SPEC_PATHS.get((group, kind))
@@ -83,5 +79,5 @@ def container_images(group: str, kind: str, obj: Any) -> list[ContainerImage]:
             if not isinstance(image, str):
                 raise MalformedObject(f"{kind} {location}.image is not a string")
             name = container.get("name")
-            found.append(ContainerImage(location, name if isinstance(name, str) else "", image))
+            found.append(Container(location, name if isinstance(name, str) else "", image))
     return found

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from storage.base import PoolStats, QueryObserver, Storage
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
-from storage.model import Image, ListQuery, NewImage, Position
+from storage.model import Entry, ListQuery, NewEntry, Position
 from storage.replica import Replica, ReplicaObserver
 
 __all__ = [
-    "Image",
+    "Entry",
     "Invalid",
     "ListQuery",
-    "NewImage",
+    "NewEntry",
     "NotFound",
     "PoolStats",
     "Position",

@@ -7,19 +7,22 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
 from storage.errors import NotFound
-from storage.model import Image, JsonPage, ListQuery, NewImage, Position, to_micros
-from storage.reference import ImageRef, normalize_name
+from storage.model import Entry, JsonPage, ListQuery, NewEntry, Position, to_micros
+from storage.reference import Reference, normalize_name
+from storage.sql import Statements, list_key, list_params
 
 log = logging.getLogger("imagelist.storage")
 
 T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S", bound="Storage")
 
 #: Told about every storage operation: (operation, seconds, ok). Metrics hang
 #: off this so that storage stays free of prometheus and tornado.
@@ -27,7 +30,7 @@ QueryObserver = Callable[[str, float, bool], None]
 
 #: Told about every write through a store once it is committed: the id, and
 #: the entry as stored (None: deleted). The admission replica hangs off this.
-ChangeListener = Callable[[str, Image | None], None]
+ChangeListener = Callable[[str, Entry | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +47,15 @@ class PoolStats:
     waits: int
 
 
-def observed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def observed(
+    fn: Callable[Concatenate[S, P], Awaitable[T]],
+) -> Callable[Concatenate[S, P], Awaitable[T]]:
     """Time a Storage method and report it to the store's observer. NotFound
     is an answer, not a failure; every other exception counts as one."""
     operation = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: Storage, *args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         started = time.perf_counter()
         ok = False
         try:
@@ -67,8 +72,16 @@ def observed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+Row = tuple[Any, ...]
+
+
 class Storage(abc.ABC):
-    """An image store. Every method raises only `storage.errors` types."""
+    """A store of entries. Every method raises only `storage.errors` types.
+
+    The operations are written once here, over a few primitives each
+    backend implements for its driver (`_fetch_all`, `_fetch_one`,
+    `_execute`, `_upsert`, `_to_entry`) and its SQL (`statements`).
+    """
 
     #: Short name for logs and metrics ("postgres" or "sqlite").
     kind: str = ""
@@ -76,11 +89,9 @@ class Storage(abc.ABC):
     observer: QueryObserver | None = None
     #: Optional callback told about every committed write (see ChangeListener).
     on_change: ChangeListener | None = None
+    statements: Statements
 
-    def changed(self, image_id: str, image: Image | None) -> None:
-        """Backends call this after each committed put or delete."""
-        if self.on_change is not None:
-            self.on_change(image_id, image)
+    # -- lifecycle -----------------------------------------------------------
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -91,37 +102,86 @@ class Storage(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def ping(self) -> None:
-        """Return when the database answers a query, else StorageUnavailable."""
-
-    @abc.abstractmethod
-    async def get(self, image_id: str) -> Image: ...
-
-    @abc.abstractmethod
-    async def put(self, new: NewImage) -> Image:
-        """Create, or update tags (only) of an existing id; return the stored row."""
-
-    @abc.abstractmethod
-    async def delete(self, image_id: str) -> None:
-        """Remove the id; a missing id is not an error."""
-
-    @abc.abstractmethod
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        """At most `query.limit` entries in API order, strictly after `query.after`."""
-
-    @abc.abstractmethod
-    async def list_json(self, query: ListQuery) -> JsonPage:
-        """`list_page`, rendered by the database as the API's JSON objects."""
-
-    @abc.abstractmethod
-    async def count(self) -> int: ...
-
     def pool_stats(self) -> PoolStats:
         """The connection pool now; cheap and synchronous (read at scrape time)."""
-        return PoolStats(size=0, in_use=0, max_size=0, waits=0)
+
+    # -- per-driver primitives ------------------------------------------------
 
     @abc.abstractmethod
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
+    async def _fetch_all(self, sql: str, params: Mapping[str, object]) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def _fetch_one(self, sql: str, params: Mapping[str, object]) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, params: Mapping[str, object]) -> None: ...
+
+    @abc.abstractmethod
+    async def _upsert(self, new: NewEntry) -> Row:
+        """Insert `new`, or set the tags of its existing id; the stored row."""
+
+    @abc.abstractmethod
+    def _to_entry(self, row: Row) -> Entry:
+        """An entry from the columns `storage.sql.SELECT_COLUMNS` names."""
+
+    @abc.abstractmethod
+    def _match_params(self, refs: Sequence[Reference]) -> dict[str, object]:
+        """The references, as the backend's `statements.match` takes them."""
+
+    def _list_params(self, query: ListQuery) -> dict[str, object]:
+        """Bound parameters of a page query (a backend may convert the keyset value)."""
+        return list_params(query)
+
+    # -- the operations --------------------------------------------------------
+
+    @observed
+    async def ping(self) -> None:
+        """Return when the database answers a query, else StorageUnavailable."""
+        await self._fetch_one(self.statements.ping, {})
+
+    @observed
+    async def get(self, entry_id: str) -> Entry:
+        row = await self._fetch_one(self.statements.get, {"id": entry_id})
+        if row is None:
+            raise NotFound(entry_id)
+        return self._to_entry(row)
+
+    @observed
+    async def put(self, new: NewEntry) -> Entry:
+        """Create, or update tags (only) of an existing id; return the stored row."""
+        stored = self._to_entry(await self._upsert(new))
+        warn_if_unmatchable(stored)
+        if self.on_change is not None:
+            self.on_change(stored.id, stored)
+        return stored
+
+    @observed
+    async def delete(self, entry_id: str) -> None:
+        """Remove the id; a missing id is not an error."""
+        await self._execute(self.statements.delete, {"id": entry_id})
+        if self.on_change is not None:
+            self.on_change(entry_id, None)
+
+    @observed
+    async def count(self) -> int:
+        row = await self._fetch_one(self.statements.count, {})
+        return int(row[0]) if row is not None else 0
+
+    @observed
+    async def list_page(self, query: ListQuery) -> list[Entry]:
+        """At most `query.limit` entries in API order, strictly after `query.after`."""
+        sql = self.statements.list[list_key(query)]
+        return [self._to_entry(r) for r in await self._fetch_all(sql, self._list_params(query))]
+
+    @observed
+    async def list_json(self, query: ListQuery) -> JsonPage:
+        """`list_page`, rendered by the database as the API's JSON objects."""
+        sql = self.statements.list_json[list_key(query)]
+        rows = await self._fetch_all(sql, self._list_params(query))
+        return json_page(query.sort, [r[0] for r in rows])
+
+    @observed
+    async def match(self, refs: Sequence[Reference]) -> list[Entry | None]:
         """For each reference, the entry that allows it, else None; in one
         indexed query whatever the number of references.
 
@@ -131,6 +191,11 @@ class Storage(abc.ABC):
         Of several such entries, the most recently updated one (then the
         greatest id) is returned, the same on both backends.
         """
+        found: list[Entry | None] = [None] * len(refs)
+        if refs:
+            for row in await self._fetch_all(self.statements.match, self._match_params(refs)):
+                found[row[0]] = self._to_entry(row[1:])
+        return found
 
     async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
         """Every matching entry as JSON text, one bounded page at a time:
@@ -168,18 +233,20 @@ def json_page(sort: str, objects: list[str]) -> JsonPage:
     )
 
 
-def warn_if_unmatchable(image: Image) -> None:
+def warn_if_unmatchable(entry: Entry) -> None:
     """Old clients may store any name; one that is not a repository name is
     kept, but it can never allow an image, which its owner should learn."""
-    if normalize_name(image.name) is None:
+    if normalize_name(entry.name) is None:
         log.warning(
-            "entry %r has name %r, which is not a repository name: "
-            "it will never match an admission decision",
-            image.id,
-            image.name,
+            "unmatchable_entry",
+            extra={
+                "entry_id": entry.id,
+                "entry_name": entry.name,
+                "effect": "its name is not a repository name: it never allows an image",
+            },
         )
 
 
-def position_of(sort: str, image: Image) -> Position:
-    """The keyset position just past `image` in `sort` order."""
-    return Position(sort=sort, value=image.sort_value(sort), id=image.id)
+def position_of(sort: str, entry: Entry) -> Position:
+    """The keyset position just past `entry` in `sort` order."""
+    return Position(sort=sort, value=entry.sort_value(sort), id=entry.id)

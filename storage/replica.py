@@ -29,11 +29,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import StorageError, StorageUnavailable
-from storage.model import Image
-from storage.reference import ImageRef, reference_keys
+from storage.model import Entry
+from storage.reference import Reference, reference_keys
 
 if TYPE_CHECKING:
     from storage.base import Storage
@@ -52,7 +52,7 @@ ReplicaObserver = Callable[[str, float], None]
 
 
 @dataclass(frozen=True, slots=True)
-class ReplicaEntry(Image):
+class ReplicaEntry(Entry):
     """An entry as the replica holds it: the entry and what it is indexed by
     (its normalized repository name, and the digest its id stands for)."""
 
@@ -61,7 +61,7 @@ class ReplicaEntry(Image):
 
 
 def replica_entry(
-    image_id: str,
+    entry_id: str,
     name: str,
     tags: tuple[str, ...],
     created_at: dt.datetime,
@@ -82,22 +82,22 @@ def replica_entry(
         if norm_name is not None:
             norm_name = shared.setdefault(norm_name, norm_name)
     if norm_name is None:
-        norm_name, digest = reference_keys(name, image_id)
+        norm_name, digest = reference_keys(name, entry_id)
     # The same value twice is kept once: usually the name is already
     # normalized, and a `sha256:...` id is its own digest.
     if norm_name == name:
         norm_name = name
-    if digest == image_id:
-        digest = image_id
+    if digest == entry_id:
+        digest = entry_id
     if created_at == updated_at:  # never updated: one timestamp object
         created_at = updated_at
-    return ReplicaEntry(image_id, name, tags, created_at, updated_at, norm_name, digest)
+    return ReplicaEntry(entry_id, name, tags, created_at, updated_at, norm_name, digest)
 
 
-def entry_of(image: Image) -> ReplicaEntry:
+def entry_of(entry: Entry) -> ReplicaEntry:
     """The replica's entry for an entry just written through this instance."""
     return replica_entry(
-        image.id, image.name, image.tags, image.created_at, image.updated_at, None, None
+        entry.id, entry.name, entry.tags, entry.created_at, entry.updated_at, None, None
     )
 
 
@@ -116,7 +116,7 @@ def _order(entry: ReplicaEntry) -> tuple[dt.datetime, str]:
     return (entry.updated_at, entry.id)
 
 
-def _allows(entry: ReplicaEntry, ref: ImageRef) -> bool:
+def _allows(entry: ReplicaEntry, ref: Reference) -> bool:
     if ref.digest is not None:
         return entry.digest == ref.digest
     return ref.tag in entry.tags
@@ -168,15 +168,15 @@ class ReplicaIndex:
     def entries(self) -> list[ReplicaEntry]:
         return list(self._entries.values())
 
-    def get(self, image_id: str) -> ReplicaEntry | None:
-        return self._entries.get(image_id)
+    def get(self, entry_id: str) -> ReplicaEntry | None:
+        return self._entries.get(entry_id)
 
-    def find(self, ref: ImageRef) -> ReplicaEntry | None:
+    def find(self, ref: Reference) -> ReplicaEntry | None:
         """The entry the database's match query would return for `ref`."""
         found = self.allowing(ref)
         return found[0] if found else None
 
-    def allowing(self, ref: ImageRef) -> tuple[ReplicaEntry, ...]:
+    def allowing(self, ref: Reference) -> tuple[ReplicaEntry, ...]:
         """Every entry allowing `ref`, in match order."""
         group = self._by_name.get(ref.name)
         if group is None:
@@ -210,13 +210,13 @@ class ReplicaIndex:
         elif len(members) > SCAN_AT_MOST:
             self._index(entry)
 
-    def remove(self, image_id: str) -> None:
-        entry = self._entries.pop(image_id, None)
+    def remove(self, entry_id: str) -> None:
+        entry = self._entries.pop(entry_id, None)
         if entry is None or entry.norm_name is None:
             return
         name = entry.norm_name
         members = _members(self._by_name[name])
-        kept = [member for member in members if member.id != image_id]
+        kept = [member for member in members if member.id != entry_id]
         if len(members) > SCAN_AT_MOST:
             for member in members if len(kept) == SCAN_AT_MOST else (entry,):
                 self._unindex(member)
@@ -257,11 +257,11 @@ def _add(index: dict[_Key, _Found], key: _Key, entry: ReplicaEntry) -> None:
     index[key] = entry if present is None else _insert(_members(present), entry)
 
 
-def _discard(index: dict[_Key, _Found], key: _Key, image_id: str) -> None:
+def _discard(index: dict[_Key, _Found], key: _Key, entry_id: str) -> None:
     present = index.get(key)
     if present is None:
         return
-    packed = _packed([entry for entry in _members(present) if entry.id != image_id])
+    packed = _packed([entry for entry in _members(present) if entry.id != entry_id])
     if packed is None:
         del index[key]
     else:
@@ -287,8 +287,8 @@ class ReplicaFeed(abc.ABC):
         backend can tell cheaply that it is not."""
 
     @abc.abstractmethod
-    def refetch(self, image_id: str) -> None:
-        """Re-read `image_id` from the database soon (after a local write)."""
+    def refetch(self, entry_id: str) -> None:
+        """Re-read `entry_id` from the database soon (after a local write)."""
 
 
 class Replica:
@@ -347,10 +347,10 @@ class Replica:
         )
         self.mark_current(proven_at)
 
-    def apply(self, image_id: str, entry: ReplicaEntry | None) -> None:
+    def apply(self, entry_id: str, entry: ReplicaEntry | None) -> None:
         """One entry as it is now in the table (None: it is gone)."""
         if entry is None:
-            self.index.remove(image_id)
+            self.index.remove(entry_id)
         else:
             self.index.put(entry)
         self._count("change", 1)
@@ -387,15 +387,15 @@ class Replica:
         """The database cannot be reached: decisions should not wait on it."""
         self._unreachable_until = time.monotonic() + UNREACHABLE_HOLD
 
-    def changed_locally(self, image_id: str, image: Image | None) -> None:
+    def changed_locally(self, entry_id: str, entry: Entry | None) -> None:
         """A write through this instance's store, applied before its response
         goes out. The feed re-reads the id after, because a notice of a later
         write by someone else may have been applied already."""
-        if image is None:
-            self.index.remove(image_id)
+        if entry is None:
+            self.index.remove(entry_id)
         else:
-            self.index.put(entry_of(image))
-        self.feed.refetch(image_id)
+            self.index.put(entry_of(entry))
+        self.feed.refetch(entry_id)
 
     # -- state --------------------------------------------------------------------
 
@@ -416,14 +416,14 @@ class Replica:
 
     # -- decisions ----------------------------------------------------------------
 
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
+    async def match(self, refs: Sequence[Reference]) -> list[Entry | None]:
         """`Storage.match`, answered from the replica where it may be."""
         with contextlib.suppress(StorageError):
             # Failing, it leaves the replica not current: see below.
             await self.feed.refresh()
         now = time.monotonic()
+        found: list[Entry | None] = [self.index.find(ref) for ref in refs]
         if self.current(now):
-            found = [self.index.find(ref) for ref in refs]
             if self.feed.exact or all(found):
                 return found
             return await self._confirm(refs, found)
@@ -432,7 +432,6 @@ class Replica:
                 self._note_expired()
             return await self.storage.match(refs)
         # Not known current: the database decides while it answers.
-        found = [self.index.find(ref) for ref in refs]
         if now < self._unreachable_until:
             self._count("fallback", 1)
             return found
@@ -443,9 +442,9 @@ class Replica:
         return answer
 
     async def _confirm(
-        self, refs: Sequence[ImageRef], found: list[Image | None]
-    ) -> list[Image | None]:
-        missing = [i for i, image in enumerate(found) if image is None]
+        self, refs: Sequence[Reference], found: list[Entry | None]
+    ) -> list[Entry | None]:
+        missing = [i for i, entry in enumerate(found) if entry is None]
         if time.monotonic() < self._unreachable_until:
             self._count("confirm_unavailable", 1)
             return found
@@ -453,16 +452,16 @@ class Replica:
         if answer is None:
             self._count("confirm_unavailable", 1)
             return found
-        for i, image in zip(missing, answer, strict=True):
-            if image is not None:
+        for i, entry in zip(missing, answer, strict=True):
+            if entry is not None:
                 # Written elsewhere, its notice not applied yet.
-                found[i] = image
+                found[i] = entry
                 self._count("confirm_allowed", 1)
             else:
                 self._count("confirm_denied", 1)
         return found
 
-    async def _ask(self, refs: Sequence[ImageRef]) -> list[Image | None] | None:
+    async def _ask(self, refs: Sequence[Reference]) -> list[Entry | None] | None:
         """The database's answer within CONFIRM_TIMEOUT, or None. A query
         that overruns is left to finish on its own bounds rather than
         cancelled: cancelling an aiopg query closes its connection."""
@@ -487,7 +486,7 @@ class Replica:
             self.observer(event, amount)
 
 
-def _consume(task: asyncio.Future[object]) -> None:
+def _consume(task: asyncio.Future[Any]) -> None:
     """Retrieve a left-behind query's outcome so asyncio does not log it."""
     if not task.cancelled():
         task.exception()

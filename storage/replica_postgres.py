@@ -28,8 +28,10 @@ from typing import Any
 
 import psycopg2
 
+from storage.base import Row
 from storage.errors import StorageUnavailable
-from storage.postgres import CHANGES_CHANNEL, RELOAD_CHANNEL, PostgresStorage
+from storage.migrations import CHANGES_CHANNEL, RELOAD_CHANNEL
+from storage.postgres import PostgresStorage
 from storage.replica import Replica, ReplicaEntry, ReplicaFeed, replica_entry
 
 log = logging.getLogger("imagelist.replica")
@@ -64,7 +66,7 @@ _LOST: tuple[type[BaseException], ...] = (
 )
 
 
-def _entry(raw: tuple, shared: dict[str, str] | None = None) -> ReplicaEntry:
+def _entry(raw: Row, shared: dict[str, str] | None = None) -> ReplicaEntry:
     """A replica entry from a row of ROW_COLUMNS."""
     return replica_entry(
         raw[0],
@@ -109,8 +111,8 @@ class PostgresFeed(ReplicaFeed):
         if task is not None and not task.cancelled() and task.exception() is not None:
             log.error("replica_feed_failed", exc_info=task.exception())
 
-    def refetch(self, image_id: str) -> None:
-        self._pending.add(image_id)
+    def refetch(self, entry_id: str) -> None:
+        self._pending.add(entry_id)
         self._wake.set()
 
     # -- the loop ------------------------------------------------------------------
@@ -213,8 +215,8 @@ class PostgresFeed(ReplicaFeed):
             return
         await cur.execute(FETCH_IDS_SQL, {"ids": list(ids)})
         found = {entry.id: entry for entry in map(_entry, await cur.fetchall())}
-        for image_id in ids:
-            replica.apply(image_id, found.get(image_id))
+        for entry_id in ids:
+            replica.apply(entry_id, found.get(entry_id))
 
     async def _load(self, cur: Any, replica: Replica) -> None:
         """Every row, from one snapshot taken after LISTEN, swapped in whole."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 
+from storage.base import Row
 from storage.errors import StorageError
 from storage.model import from_micros
 from storage.replica import Replica, ReplicaEntry, ReplicaFeed, replica_entry
@@ -27,7 +28,7 @@ LOAD_SQL = f"SELECT {ROW_COLUMNS} FROM images"
 FETCH_ID_SQL = f"SELECT {ROW_COLUMNS} FROM images WHERE id = ?"
 
 
-def _entry(raw: tuple, shared: dict[str, str] | None = None) -> ReplicaEntry:
+def _entry(raw: Row, shared: dict[str, str] | None = None) -> ReplicaEntry:
     """A replica entry from a row of ROW_COLUMNS."""
     return replica_entry(
         raw[0],
@@ -44,9 +45,9 @@ def _entry(raw: tuple, shared: dict[str, str] | None = None) -> ReplicaEntry:
 @dataclass(frozen=True, slots=True)
 class _Changes:
     #: Every row, when another connection committed since the last check.
-    rows: list[tuple] | None
+    rows: list[Row] | None
     #: The rows asked for by id (absent: deleted).
-    fetched: dict[str, tuple | None]
+    fetched: dict[str, Row | None]
     seconds: float
 
 
@@ -70,8 +71,8 @@ class SqliteFeed(ReplicaFeed):
     async def close(self) -> None:
         self._replica = None
 
-    def refetch(self, image_id: str) -> None:
-        self._pending.add(image_id)
+    def refetch(self, entry_id: str) -> None:
+        self._pending.add(entry_id)
 
     async def refresh(self) -> None:
         replica = self._replica
@@ -89,12 +90,12 @@ class SqliteFeed(ReplicaFeed):
             shared: dict[str, str] = {}
             entries = [_entry(raw, shared) for raw in changes.rows]
             replica.replace(entries, changes.seconds, proven_at)
-        for image_id, raw in changes.fetched.items():
-            replica.apply(image_id, None if raw is None else _entry(raw))
+        for entry_id, raw in changes.fetched.items():
+            replica.apply(entry_id, None if raw is None else _entry(raw))
         replica.following = True
         replica.mark_current(proven_at)
 
-    def _changes(self, conn: sqlite3.Connection, ids: Sequence[str]) -> _Changes:
+    def _changes(self, conn: sqlite3.Connection, ids: Collection[str]) -> _Changes:
         started = time.perf_counter()
         (version,) = conn.execute(VERSION_SQL).fetchone()
         rows = None

@@ -10,55 +10,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 from k8s import admission_review, image_review, pod_spec, provider_request
-from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
-
-from config import load_config
-from handlers import AppContext, make_app
-from storage import create_replica, create_storage
 
 from client import Client
+from helpers import eventually, running_app
 from pgcluster import create_database
 
 
-@pytest.fixture
-def http_client(io_loop):
-    """A client of its own: pytest-tornado's comes with an app we don't want."""
-    client = AsyncHTTPClient(force_instance=True)
-    yield client
-    client.close()
-
-
 @contextlib.asynccontextmanager
-async def instance(http_client, database_url: str, replica: bool = True) -> AsyncIterator[Client]:
-    """One more imagelist instance: its own Storage, replica, app and port
-    (without a replica, every decision asks the database)."""
-    config = load_config(
-        ["--database-url", database_url, "--db-timeout", "2", "--db-connect-timeout", "1"],
-        env={},
-    )
-    storage = create_storage(
-        config.database_url,
-        pool_size=2,
-        timeout=config.db_timeout,
-        connect_timeout=config.db_connect_timeout,
-    )
-    await storage.open()
-    decisions = create_replica(storage, max_age=config.replica_max_age) if replica else None
-    if decisions is not None:
-        await decisions.open()
-    sock, port = bind_unused_port()
-    server = HTTPServer(make_app(AppContext(config=config, storage=storage, replica=decisions)))
-    server.add_sockets([sock])
-    try:
-        yield Client(http_client, f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
-        await server.close_all_connections()
-        if decisions is not None:
-            await decisions.close()
-        await storage.close()
+async def instance(http_client, database_url: str, *options: str) -> AsyncIterator[Client]:
+    """One more imagelist instance on the same database, with its own port."""
+    async with running_app(database_url, *options) as running:
+        yield Client(http_client, running.url)
 
 
 async def validate(client: Client, image: str) -> bool:
@@ -88,18 +50,25 @@ async def test_a_write_on_one_instance_decides_the_next_review_on_another(
         assert await validate(two, "nginx:1.26") is False
 
 
+async def replica_current(api: Client) -> bool:
+    metrics = (await api.get("/metrics")).body.decode()
+    return "imagelist_replica_current 1.0" in metrics
+
+
 @pytest.mark.gen_test(timeout=90)
-async def test_without_a_replica_database_down_is_a_quick_503_then_recovers(
+async def test_database_down_past_replica_max_age_is_a_quick_503_then_recovers(
     http_client, pg_cluster
 ) -> None:
-    # What a daemon restarted during an outage answers (no replica yet); the
-    # replica's own outage behaviour is in test_replica_process.py.
+    # What a replica past --replica-max-age (here 0), or a daemon restarted
+    # during the outage, answers; the replica's own answers during an
+    # outage are in test_replica_process.py.
     url = create_database(pg_cluster.url(), "imagelist_down")
-    async with instance(http_client, url, replica=False) as api:
+    async with instance(http_client, url, "--replica-max-age", "0") as api:
         assert (await api.put({"id": "n", "name": "nginx", "tags": ["1.25"]})).status == 200
         assert await validate(api, "nginx:1.25") is True
 
         pg_cluster.stop()
+        await eventually(lambda: replica_current(api), False)
         calls = [
             ("POST", "/admission/validate", admission_review("Pod", pod_spec(["nginx:1.25"]))),
             ("POST", "/admission/imagepolicy", image_review("nginx:1.25")),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.model import NewImage
+from storage.model import NewEntry
 from storage.reference import parse_reference
 
 H1 = "a" * 64
@@ -22,13 +22,13 @@ H3 = "c" * 96  # sha384
 # id), names that are not repository names, and big repositories (indexed
 # rather than scanned).
 ENTRIES = [
-    NewImage(H1, "nginx", ("1.25", "latest")),
-    NewImage(f"sha256:{H2}", "docker.io/library/nginx", ("1.25",)),
-    NewImage(f"quay.io/x/app@sha256:{H1}", "quay.io/x/app", ("1",)),
-    NewImage(f"sha384:{H3}", "quay.io/x/app", ("2",)),
-    NewImage("short", "myorg/apache2", ("2.4",)),
-    NewImage("odd", "Not A Repo", ("1",)),
-    *(NewImage(f"big{i:02d}", "quay.io/big/app", (f"b{i}", "shared")) for i in range(24)),
+    NewEntry(H1, "nginx", ("1.25", "latest")),
+    NewEntry(f"sha256:{H2}", "docker.io/library/nginx", ("1.25",)),
+    NewEntry(f"quay.io/x/app@sha256:{H1}", "quay.io/x/app", ("1",)),
+    NewEntry(f"sha384:{H3}", "quay.io/x/app", ("2",)),
+    NewEntry("short", "myorg/apache2", ("2.4",)),
+    NewEntry("odd", "Not A Repo", ("1",)),
+    *(NewEntry(f"big{i:02d}", "quay.io/big/app", (f"b{i}", "shared")) for i in range(24)),
 ]
 REFERENCES = [
     "nginx",
@@ -66,7 +66,7 @@ async def test_the_replica_answers_as_the_database_does(ctx) -> None:
     assert replica == database
     assert database.count(None) == 3  # the test would be weak otherwise
     # Updating moves an entry first among those sharing a tag.
-    await ctx.storage.put(NewImage("big03", "quay.io/big/app", ("shared",)))
+    await ctx.storage.put(NewEntry("big03", "quay.io/big/app", ("shared",)))
     database, replica = await answers(ctx)
     assert replica == database
     assert replica[REFERENCES.index("quay.io/big/app:shared")] == "big03"

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import Replica, create_replica, create_storage
-from storage.model import NewImage
+from storage.model import NewEntry
 from storage.postgres import PostgresStorage
 from storage.reference import parse_reference
 from storage.replica_postgres import APPLICATION_NAME
@@ -174,7 +174,7 @@ async def _random_writes(url: str, ops: list) -> None:
             if op == "delete":
                 await storage.delete(image_id)
             else:
-                await storage.put(NewImage(image_id, name, tuple(tags)))
+                await storage.put(NewEntry(image_id, name, tuple(tags)))
         await caught_up(a)
         await caught_up(b)
         expected = table(url)
