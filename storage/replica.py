@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -46,6 +47,10 @@ CONFIRM_TIMEOUT = 1.0
 #: After the database failed to answer a decision, seconds during which
 #: decisions do not ask it again (the feed's reconnects probe it meanwhile).
 UNREACHABLE_HOLD = 1.0
+
+#: Local writes remembered for loads in flight (a load takes seconds at
+#: most; this many writes through one instance in that time is plenty).
+LOCAL_KEPT = 1000
 
 #: What a feed reports to whoever counts (metrics): event name, amount.
 ReplicaObserver = Callable[[str, float], None]
@@ -318,6 +323,12 @@ class Replica:
         self._unsynced_since: float | None = None  # wall clock, for logs
         self._expired_logged = False
         self._unreachable_until = 0.0
+        # This instance's own writes, numbered, for a full load to re-apply
+        # those its snapshot may predate (they are re-read afterwards too).
+        self._local_seq = 0
+        self._local: collections.deque[tuple[int, str, ReplicaEntry | None]] = collections.deque(
+            maxlen=LOCAL_KEPT
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -331,11 +342,25 @@ class Replica:
 
     # -- what feeds tell the replica ------------------------------------------
 
-    def replace(self, entries: Iterable[ReplicaEntry], seconds: float, proven_at: float) -> None:
+    def load_mark(self) -> int:
+        """Taken by a feed as a full load begins; hand it to `replace`."""
+        return self._local_seq
+
+    def replace(
+        self, entries: Iterable[ReplicaEntry], seconds: float, proven_at: float, mark: int
+    ) -> None:
         """A full load: swap the whole index at once, then count it current
-        as of `proven_at` (monotonic; taken before the load began)."""
+        as of `proven_at` (monotonic; taken before the load began). This
+        instance's writes since `mark` are applied over the snapshot, so a
+        response already sent is never contradicted by a load in flight."""
         started = time.perf_counter()
         index = ReplicaIndex(entries)
+        for seq, entry_id, entry in self._local:
+            if seq > mark:
+                if entry is None:
+                    index.remove(entry_id)
+                else:
+                    index.put(entry)
         seconds += time.perf_counter() - started
         self.index = index
         first = not self.loaded
@@ -391,10 +416,13 @@ class Replica:
         """A write through this instance's store, applied before its response
         goes out. The feed re-reads the id after, because a notice of a later
         write by someone else may have been applied already."""
-        if entry is None:
+        local = None if entry is None else entry_of(entry)
+        if local is None:
             self.index.remove(entry_id)
         else:
-            self.index.put(entry_of(entry))
+            self.index.put(local)
+        self._local_seq += 1
+        self._local.append((self._local_seq, entry_id, local))
         self.feed.refetch(entry_id)
 
     # -- state --------------------------------------------------------------------

@@ -221,6 +221,7 @@ class PostgresFeed(ReplicaFeed):
     async def _load(self, cur: Any, replica: Replica) -> None:
         """Every row, from one snapshot taken after LISTEN, swapped in whole."""
         proven_at = time.monotonic()
+        mark = replica.load_mark()
         self._reload_wanted = False
         entries: list[ReplicaEntry] = []
         shared: dict[str, str] = {}
@@ -238,7 +239,7 @@ class PostgresFeed(ReplicaFeed):
                 if not cur.connection.closed:
                     await cur.execute("ROLLBACK")
             raise
-        replica.replace(entries, time.monotonic() - proven_at, proven_at)
+        replica.replace(entries, time.monotonic() - proven_at, proven_at, mark)
 
 
 def _describe(exc: BaseException) -> str:

@@ -80,6 +80,7 @@ class SqliteFeed(ReplicaFeed):
             return
         ids, self._pending = self._pending, set()
         proven_at = time.monotonic()
+        mark = replica.load_mark()
         try:
             changes = await self.storage.run_on_connection(lambda c: self._changes(c, ids))
         except BaseException:
@@ -89,7 +90,7 @@ class SqliteFeed(ReplicaFeed):
         if changes.rows is not None:
             shared: dict[str, str] = {}
             entries = [_entry(raw, shared) for raw in changes.rows]
-            replica.replace(entries, changes.seconds, proven_at)
+            replica.replace(entries, changes.seconds, proven_at, mark)
         for entry_id, raw in changes.fetched.items():
             replica.apply(entry_id, None if raw is None else _entry(raw))
         replica.following = True

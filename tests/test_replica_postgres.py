@@ -154,27 +154,27 @@ async def _random_writes(url: str, ops: list) -> None:
             cur.execute("DELETE FROM images")
         replicas = {"a": a, "b": b}
         for actor, op, n, tags in ops:
-            image_id, name = f"id{n}", f"quay.io/p/app{n % 3}"
+            entry_id, name = f"id{n}", f"quay.io/p/app{n % 3}"
             if actor == "sql":
                 with conn.cursor() as cur:
                     if op == "delete":
-                        cur.execute("DELETE FROM images WHERE id = %s", (image_id,))
+                        cur.execute("DELETE FROM images WHERE id = %s", (entry_id,))
                     elif op == "rename":  # an id changed by hand
-                        cur.execute("UPDATE images SET id = id || 'x' WHERE id = %s", (image_id,))
+                        cur.execute("UPDATE images SET id = id || 'x' WHERE id = %s", (entry_id,))
                     else:
                         cur.execute(
                             "INSERT INTO images (id, name, tags, created_at, updated_at) "
                             "VALUES (%s, %s, %s, now(), now()) ON CONFLICT (id) DO UPDATE "
                             "SET tags = EXCLUDED.tags, updated_at = now()",
-                            (image_id, name, tags),
+                            (entry_id, name, tags),
                         )
                 continue
             storage = replicas[actor].storage
             assert isinstance(storage, PostgresStorage)
             if op == "delete":
-                await storage.delete(image_id)
+                await storage.delete(entry_id)
             else:
-                await storage.put(NewEntry(image_id, name, tuple(tags)))
+                await storage.put(NewEntry(entry_id, name, tuple(tags)))
         await caught_up(a)
         await caught_up(b)
         expected = table(url)
