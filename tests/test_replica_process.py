@@ -98,7 +98,8 @@ def test_a_revocation_through_one_instance_reaches_the_other_within_a_second(two
         took.append(time.monotonic() - deleted)
     # The bound the README states (p95); typically milliseconds.
     assert statistics.quantiles(took, n=20)[-1] < 1.0, took
-    assert metric(b, "imagelist_replica_changes_applied_total") >= 40
+    # Each revocation reached B as an applied change, not a reload.
+    assert metric(b, "imagelist_replica_changes_applied_total") >= 20
 
 
 def test_rows_written_with_sql_are_decided(two) -> None:
