@@ -13,6 +13,8 @@ import pytest
 from storage.model import NewEntry
 from storage.reference import parse_reference
 
+from helpers import eventually
+
 H1 = "a" * 64
 H2 = "b" * 64
 H3 = "c" * 96  # sha384
@@ -93,6 +95,8 @@ async def test_a_write_updates_this_replica_before_its_response(api, ctx) -> Non
 @pytest.mark.gen_test(timeout=30)
 async def test_an_allowed_image_costs_no_database_query(api, ctx) -> None:
     assert (await api.put({"id": "w", "name": "nginx", "tags": ["1"]})).status == 200
+    # Until its first load is done the replica is not used.
+    await eventually(lambda: is_current(ctx), True)
     calls = []
     real = ctx.storage.match
 
@@ -146,6 +150,10 @@ async def test_sqlite_another_process_writing_the_file_is_seen_by_the_next_decis
     assert (await api.put({"id": "own", "name": "nginx", "tags": ["1"]})).status == 200
     assert (await api.get("/allowed?image=nginx:1")).json["allowed"] is True
     assert reloads_of(ctx) == reloads + 2
+
+
+async def is_current(ctx) -> bool:
+    return ctx.replica.current()
 
 
 def reloads_of(ctx) -> float:
