@@ -1,6 +1,6 @@
 """Keeps an admission replica current from PostgreSQL, by LISTEN/NOTIFY.
 
-A trigger (migration 4 in storage/postgres.py) announces every changed id,
+A trigger (migration 6 in storage/migrations.py) announces every changed id,
 whoever wrote it. One dedicated connection, outside the pool, LISTENs on
 the IOLoop; the feed re-reads each announced id and applies the row as it
 is now (so the order notices are applied in does not matter, and a burst
