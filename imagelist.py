@@ -28,7 +28,7 @@ from config.tokens import TokenFileError, TokenRegistry
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from handlers.connections import GuardedSocket, LimitedHTTPServer
-from storage import Storage, StorageError, create_storage
+from storage import Replica, Storage, StorageError, create_replica, create_storage
 from storage.sweep import sweep_stale_keys
 
 log = structlog.get_logger("imagelist")
@@ -149,6 +149,16 @@ def build_storage(config: Config, metrics: Metrics) -> Storage:
     return storage
 
 
+def build_replica(config: Config, storage: Storage, metrics: Metrics) -> Replica:
+    """The admission replica of `storage`, reporting to `metrics`: counters
+    as it goes and, at scrape time, its size and age."""
+    replica = create_replica(
+        storage, max_age=config.replica_max_age, observer=metrics.observe_replica
+    )
+    metrics.watch_replica(replica)
+    return replica
+
+
 def load_tls(config: Config, ctx: AppContext) -> ssl.SSLContext | None:
     """The listening socket's TLS context (reloaded on SIGHUP), or None."""
     if not (config.certfile and config.keyfile):
@@ -184,7 +194,8 @@ def listen(config: Config, server: HTTPServer) -> int:
 @contextlib.asynccontextmanager
 async def assemble(config: Config) -> AsyncIterator[RunningApp]:
     """Open every part of the app, listening, and close them all on exit, in
-    reverse order: stop watching, drain in-flight requests, close the store.
+    reverse order: stop watching, drain in-flight requests, close the replica
+    and the store.
 
     The daemon (`serve`) and the in-process tests share this, so a test runs
     the app exactly as it is deployed. StartupError when a part cannot open.
@@ -200,7 +211,13 @@ async def assemble(config: Config) -> AsyncIterator[RunningApp]:
             raise StartupError(
                 "storage_open_failed", 1, storage=storage.kind, error=str(exc)
             ) from None
-        ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
+        # Fills in the background: start-up does not wait for the database.
+        replica = build_replica(config, storage, metrics)
+        stack.push_async_callback(replica.close)
+        await replica.open()
+        ctx = AppContext(
+            config=config, storage=storage, metrics=metrics, tokens=tokens, replica=replica
+        )
         server = LimitedHTTPServer(
             make_app(ctx),
             max_connections=connection_limit(config),
@@ -219,7 +236,11 @@ async def assemble(config: Config) -> AsyncIterator[RunningApp]:
 
 
 async def cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    # Cancelled again until it ends: Python 3.11's wait_for (inside aiopg)
+    # drops a cancellation that arrives as its query completes.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

@@ -38,6 +38,9 @@ setup(
             # Rego engine (rego-cpp) to evaluate the example Gatekeeper
             # ConstraintTemplate in tests; OPA itself is not packaged here.
             "regopy>=1.5",
+            # Property tests: random write sequences through two instances and
+            # SQL must leave every admission replica equal to the table.
+            "hypothesis>=6",
         ],
     },
     # Served at /openapi.yaml by an installed daemon (handlers/docs.py).

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from storage.base import Storage
 from storage.errors import StorageError
+from storage.replica import Replica
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Methods labelled as themselves; any other (Tornado accepts any token and
@@ -70,6 +71,47 @@ class PoolCollector(Collector):
             "Database operations that had to wait for a free connection.",
             stats.waits,
         )
+
+
+class ReplicaCollector(Collector):
+    """The admission replica's size and freshness, read when scraped."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        replica = self.replica
+        yield GaugeMetricFamily(
+            "imagelist_replica_entries",
+            "Entries in this instance's in-memory admission replica.",
+            len(replica.index),
+        )
+        age = replica.age()
+        yield GaugeMetricFamily(
+            "imagelist_replica_age_seconds",
+            "Seconds since the admission replica was last known current "
+            "(+Inf before its first load).",
+            float("inf") if age is None else age,
+        )
+        yield GaugeMetricFamily(
+            "imagelist_replica_current",
+            "1 while the admission replica is known current (following every change).",
+            int(replica.current()),
+        )
+
+
+#: Replica events (storage.ReplicaObserver) -> counter and label.
+_REPLICA_EVENTS = {
+    "change": ("changes", None),
+    "reload": ("reloads", None),
+    "fallback": ("fallbacks", None),
+    "confirm_denied": ("confirmations", "denied"),
+    "confirm_allowed": ("confirmations", "allowed"),
+    "confirm_unavailable": ("confirmations", "unavailable"),
+}
 
 
 class Metrics:
@@ -134,6 +176,32 @@ class Metrics:
             "1 when the database answered the last scrape-time count, else 0.",
             registry=r,
         )
+        self.replica_changes = Counter(
+            "imagelist_replica_changes_applied_total",
+            "Changed entries applied to the admission replica, one by one.",
+            registry=r,
+        )
+        self.replica_reloads = Counter(
+            "imagelist_replica_reloads_total",
+            "Full loads of the admission replica (start-up, reconnects, bulk changes).",
+            registry=r,
+        )
+        self.replica_confirmations = Counter(
+            "imagelist_replica_confirmations_total",
+            "Denials of the admission replica checked against the database, by outcome: "
+            "denied (confirmed), allowed (written elsewhere, its notice not applied yet), "
+            "unavailable (no answer in time: the replica's denial stands).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("denied", "allowed", "unavailable"):
+            self.replica_confirmations.labels(outcome)  # exported from zero
+        self.replica_fallbacks = Counter(
+            "imagelist_replica_fallback_decisions_total",
+            "Admission lookups answered by a replica that was not known current, "
+            "because the database did not answer (within --replica-max-age).",
+            registry=r,
+        )
         # The standard process_* (CPU, resident memory, open fds) and
         # python_info families, read from /proc at scrape time.
         ProcessCollector(registry=r)
@@ -141,6 +209,7 @@ class Metrics:
         self.build_info = Info("imagelist_build", "Version of the running daemon.", registry=r)
         self.build_info.info({"version": version(), "python": platform.python_version()})
         self._pool: PoolCollector | None = None
+        self._replica: ReplicaCollector | None = None
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._query_children: dict[tuple[str, bool], Histogram] = {}
         self._count_task: asyncio.Task[None] | None = None
@@ -167,6 +236,18 @@ class Metrics:
             child = self.db_query_seconds.labels(operation, "ok" if ok else "error")
             self._query_children[key] = child
         child.observe(seconds)
+
+    def observe_replica(self, event: str, amount: float) -> None:
+        """A `storage.ReplicaObserver`: pass it to create_replica."""
+        name, label = _REPLICA_EVENTS[event]
+        counter = getattr(self, f"replica_{name}")
+        (counter if label is None else counter.labels(label)).inc(amount)
+
+    def watch_replica(self, replica: Replica) -> None:
+        """Export `replica`'s size and freshness; idempotent."""
+        if self._replica is None:
+            self._replica = ReplicaCollector(replica)
+            self.registry.register(self._replica)
 
     def watch_storage(self, storage: Storage) -> None:
         """Export `storage`'s pool; idempotent."""

@@ -82,6 +82,7 @@ class Config:
     action: str = "serve"
     #: The Go service's environment variables this configuration took.
     legacy_env: tuple[str, ...] = ()
+    replica_max_age: float = 600.0
 
     @property
     def tls(self) -> bool:
@@ -235,6 +236,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "enforce",
         metavar="enforce|warn",
     )
+    add(
+        "replica-max-age",
+        "seconds admission decisions may come from the in-memory replica alone "
+        "while the database does not answer, counted from when the replica "
+        "was last known current; after that they fail with 503",
+        "600",
+        metavar="SECONDS",
+    )
     return parser
 
 
@@ -350,4 +359,5 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         max_connections=int(_number("max-connections", ns.max_connections or 0, int, 0)),
         action=str(ns.action),
         legacy_env=used,
+        replica_max_age=float(_number("replica-max-age", ns.replica_max_age, float, 0)),
     )

@@ -8,11 +8,13 @@
 These are called by the API server (or Gatekeeper), not by writers, so they
 take no bearer token; protect them with TLS and the network instead.
 
-A database that does not answer is a 503 JSON error, raised as
-StorageUnavailable and mapped in handlers/errors.py like everywhere else,
-rather than an answer: the cluster's own failure setting (failurePolicy,
-defaultAllow, the Rego's system_error rule) then decides, instead of
-imagelist guessing allow or deny.
+Decisions come from the in-memory replica (storage/replica.py), which keeps
+answering while the database is away, for up to --replica-max-age after it
+was last known current. Past that, or before it was ever loaded, a database
+that does not answer is a 503 JSON error, raised as StorageUnavailable and
+mapped in handlers/errors.py like everywhere else, rather than an answer:
+the cluster's own failure setting (failurePolicy, defaultAllow, the Rego's
+system_error rule) then decides, instead of imagelist guessing.
 
 In warn mode (--admission-mode warn) nothing is denied: would-be denials
 come back as AdmissionReview warnings or in the ImageReview/Gatekeeper
@@ -74,7 +76,7 @@ class AdmissionHandler(BaseHandler):
         message. A review over the reference cap is refused whole (warned,
         in warn mode), with its reason as the one line."""
         try:
-            decisions = await decide(self.ctx.storage, references)
+            decisions = await decide(self.ctx.decisions, references)
         except TooManyReferences as exc:
             result = "warned" if self.warn_mode else "denied"
             return Judgement(result, [exc.message], f"imagelist: {exc.message}")
@@ -124,7 +126,7 @@ class AllowedHandler(AdmissionHandler):
         image = self.query("image")
         if not image:
             raise ApiError(400, "image parameter is required", {"parameter": "image"})
-        decision = (await decide(self.ctx.storage, [image]))[image]
+        decision = (await decide(self.ctx.decisions, [image]))[image]
         if decision.reference is None:
             raise ApiError(400, decision.reason, {"parameter": "image"})
         # A question, not an admission: warn mode does not change the answer.
@@ -284,7 +286,7 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
         request = _object(body.get("request"), "request")
         keys = _image_list(request.get("keys", []), "request.keys")
         try:
-            decisions = await decide(self.ctx.storage, keys)
+            decisions = await decide(self.ctx.decisions, keys)
         except TooManyReferences as exc:
             # The provider protocol's way to say "no answer": the Rego's
             # system_error rule turns it into a violation.

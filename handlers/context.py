@@ -9,6 +9,7 @@ from config.metrics import Metrics
 from config.options import Config
 from config.tokens import TokenRegistry
 from storage.base import Storage
+from storage.replica import Replica
 
 
 @dataclass
@@ -24,6 +25,14 @@ class AppContext:
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
     #: Bearer tokens for writes; None when no --tokens-file (auth off).
     tokens: TokenRegistry | None = None
+    #: The in-memory replica admission decisions come from; None: every
+    #: decision asks the database.
+    replica: Replica | None = None
+
+    @property
+    def decisions(self) -> Storage | Replica:
+        """What admission decisions are matched against."""
+        return self.storage if self.replica is None else self.replica
 
     def reload(self) -> None:
         for hook in self.reload_hooks:

@@ -1,19 +1,27 @@
 """Admission decisions: image references in, one decision per reference out.
 
-Shared by every admission endpoint so they cannot disagree. Nothing is
-cached: each call asks the database once (one query for all references), so
-a write through any instance is seen by every instance's next decision.
+Shared by every admission endpoint so they cannot disagree. The entries
+come from the in-memory replica (storage/replica.py), which answers like
+the database's one match query for all references, only without the round
+trip, and keeps answering while the database is away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from handlers.errors import ApiError
-from storage.base import Storage
 from storage.model import Entry
 from storage.reference import InvalidReference, Reference, parse_reference
+
+
+class Matcher(Protocol):
+    """A Storage, or the Replica in front of it."""
+
+    def match(self, refs: Sequence[Reference]) -> Awaitable[list[Entry | None]]: ...
+
 
 # Longest slice of an invalid reference quoted back in messages and logs.
 _QUOTE_LIMIT = 100
@@ -76,9 +84,10 @@ def _reason(reference: Reference, entry: Entry | None) -> str:
     return f"entry {entry.id} ({entry.name}) lists tag {reference.tag}"
 
 
-async def decide(storage: Storage, written: Sequence[str]) -> dict[str, Decision]:
-    """A decision for each distinct reference as written, from one storage
-    query; TooManyReferences past MAX_REFERENCES, before any is parsed."""
+async def decide(storage: Matcher, written: Sequence[str]) -> dict[str, Decision]:
+    """A decision for each distinct reference as written, from one lookup
+    (the replica, or the store); TooManyReferences past MAX_REFERENCES,
+    before any is parsed."""
     if len(written) > MAX_REFERENCES:
         raise TooManyReferences(len(written))
     parsed: dict[str, Reference | InvalidReference] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from storage.base import PoolStats, QueryObserver, Storage
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
 from storage.model import Entry, ListQuery, NewEntry, Position
+from storage.replica import Replica, ReplicaObserver
 
 __all__ = [
     "Entry",
@@ -15,9 +16,12 @@ __all__ = [
     "PoolStats",
     "Position",
     "QueryObserver",
+    "Replica",
+    "ReplicaObserver",
     "Storage",
     "StorageError",
     "StorageUnavailable",
+    "create_replica",
     "create_storage",
 ]
 
@@ -44,6 +48,28 @@ def create_storage(
         connect_timeout=connect_timeout,
         observer=observer,
     )
+
+
+def create_replica(
+    storage: Storage, *, max_age: float, observer: ReplicaObserver | None = None
+) -> Replica:
+    """The admission replica of `storage`, fed the way its backend allows."""
+    from storage.postgres import PostgresStorage
+    from storage.replica_postgres import PostgresFeed
+    from storage.replica_sqlite import SqliteFeed
+    from storage.sqlite import SqliteStorage
+
+    if isinstance(storage, PostgresStorage):
+        feed = PostgresFeed(storage)
+        return Replica(
+            storage, feed, max_age=max_age, current_window=feed.current_window, observer=observer
+        )
+    if isinstance(storage, SqliteStorage):
+        # Checked before every decision: current means "just checked".
+        return Replica(
+            storage, SqliteFeed(storage), max_age=max_age, current_window=1.0, observer=observer
+        )
+    raise TypeError(f"no replica feed for {type(storage).__name__}")
 
 
 def sqlite_path(url: str) -> str:

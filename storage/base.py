@@ -33,6 +33,10 @@ S = TypeVar("S", bound="Storage")
 #: off this so that storage stays free of prometheus and tornado.
 QueryObserver = Callable[[str, float, bool], None]
 
+#: Told about every write through a store once it is committed: the id, and
+#: the entry as stored (None: deleted). The admission replica hangs off this.
+ChangeListener = Callable[[str, Entry | None], None]
+
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
@@ -88,6 +92,8 @@ class Storage(abc.ABC):
     kind: str = ""
     #: Optional callback told about every operation (see `observed`).
     observer: QueryObserver | None = None
+    #: Optional callback told about every committed write (see ChangeListener).
+    on_change: ChangeListener | None = None
     statements: Statements
 
     # -- lifecycle -----------------------------------------------------------
@@ -162,12 +168,16 @@ class Storage(abc.ABC):
         one without tags), as the Go service did."""
         stored = self._to_entry(await self._upsert(new))
         warn_if_unmatchable(stored)
+        if self.on_change is not None:
+            self.on_change(stored.id, stored)
         return stored
 
     @observed
     async def delete(self, entry_id: str) -> None:
         """Remove the id; a missing id is not an error."""
         await self._execute(self.statements.delete, {"id": entry_id})
+        if self.on_change is not None:
+            self.on_change(entry_id, None)
 
     @observed
     async def count(self) -> int:

@@ -137,7 +137,48 @@ CREATE TRIGGER images_00_row_defaults BEFORE INSERT OR UPDATE ON images
     FOR EACH ROW EXECUTE FUNCTION imagelist_row_defaults_v1();
 """
     ),
+    # Every change to an entry, by any writer (another instance, an older
+    # version, the old Go service, psql), is announced to the admission
+    # replicas (storage/replica_postgres.py) on channel imagelist_changes,
+    # the payload being the id: a NOTIFY payload is at most 8,000 bytes, so
+    # an id too long for one, or a TRUNCATE, asks for a full reload on
+    # imagelist_reload instead. Delivered at commit, in commit order.
+    Migration(
+        """
+CREATE OR REPLACE FUNCTION imagelist_notify_change_v1() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed text;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify('imagelist_reload', '');
+        RETURN NULL;
+    END IF;
+    FOREACH changed IN ARRAY CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.id]
+                                        WHEN 'DELETE' THEN ARRAY[OLD.id]
+                                        ELSE ARRAY[OLD.id, NEW.id] END
+    LOOP
+        IF octet_length(changed) <= 4000 THEN
+            PERFORM pg_notify('imagelist_changes', changed);
+        ELSE
+            PERFORM pg_notify('imagelist_reload', '');
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS images_notify_change ON images;
+CREATE TRIGGER images_notify_change AFTER INSERT OR UPDATE OR DELETE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagelist_notify_change_v1();
+DROP TRIGGER IF EXISTS images_notify_truncate ON images;
+CREATE TRIGGER images_notify_truncate AFTER TRUNCATE ON images
+    FOR EACH STATEMENT EXECUTE FUNCTION imagelist_notify_change_v1();
+"""
+    ),
 )
+
+#: The channels migration 6's trigger notifies.
+CHANGES_CHANNEL = "imagelist_changes"
+RELOAD_CHANNEL = "imagelist_reload"
 
 SQLITE: tuple[Migration, ...] = (
     Migration(

@@ -206,11 +206,17 @@ class PostgresStorage(Storage):
         self._timeout = timeout
         self._retry_interval = retry_interval
         self._pool: ConnectionPool | None = None
+        self._pool_dsn = self._hosts[0]
         self._pool_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(pool_size)
         self._last_failure = 0.0
         self._last_error = "not connected yet"
         self._closed = False
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a query may take (--db-timeout)."""
+        return self._timeout
 
     # -- connection management -------------------------------------------
 
@@ -271,6 +277,7 @@ class PostgresStorage(Storage):
                     errors.append("statement timeout while connecting")
                     continue
                 self._pool = pool
+                self._pool_dsn = dsn
                 return pool
             self._last_failure = time.monotonic()
             self._last_error = "database unavailable: " + "; ".join(errors)
@@ -278,24 +285,40 @@ class PostgresStorage(Storage):
                 raise StorageMisconfigured(self._last_error)
             raise StorageUnavailable(self._last_error)
 
-    async def _connect(self, dsn: str) -> ConnectionPool:
-        def connect() -> Awaitable[Any]:
-            return aiopg.connect(
-                dsn,
-                # The server's statement_timeout is the query bound: it
-                # leaves the connection usable. aiopg's own timer is the
-                # backstop for a server that stopped answering; were it to
-                # fire first (as it did, at the same value), it would close
-                # the connection and the slow query would be retried.
-                timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
-                enable_hstore=False,
-                enable_json=False,
-                enable_uuid=False,
-                options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
-            )
+    def _open(self, dsn: str, **extra: Any) -> Awaitable[Any]:
+        return aiopg.connect(
+            dsn,
+            # The server's statement_timeout is the query bound: it leaves
+            # the connection usable. aiopg's own timer is the backstop for a
+            # server that stopped answering; were it to fire first (as it
+            # did, at the same value), it would close the connection and the
+            # slow query would be retried.
+            timeout=self._timeout + CLIENT_TIMEOUT_MARGIN,
+            enable_hstore=False,
+            enable_json=False,
+            enable_uuid=False,
+            options=f"-c statement_timeout={int(self._timeout * 1000)} -c timezone=UTC",
+            **extra,
+        )
 
+    async def connect_dedicated(self, application_name: str) -> aiopg.Connection:
+        """A connection of its own, outside the pool (a LISTEN needs one that
+        stays with its listener), to the server the pool uses, with the
+        schema migrated. StorageUnavailable when there is none."""
+        await self._get_pool()
+        try:
+            conn: aiopg.Connection = await self._open(
+                self._pool_dsn, application_name=application_name
+            )
+            return conn
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailable(
+                f"database unavailable: {str(exc).strip() or type(exc).__name__}"
+            ) from exc
+
+    async def _connect(self, dsn: str) -> ConnectionPool:
         pool = ConnectionPool(
-            connect,
+            lambda: self._open(dsn),
             maxsize=self._pool_size,
             timeout=self._timeout,
             errors=_CONNECTION_ERRORS,

@@ -120,6 +120,11 @@ class SqliteStorage(Storage):
         finally:
             self._pending -= 1
 
+    async def run_on_connection(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the store's own connection and thread (for storage's
+        other modules; sqlite3 errors become StorageUnavailable)."""
+        return await self._run(fn)
+
     def pool_stats(self) -> PoolStats:
         is_open = self._conn is not None
         return PoolStats(

@@ -166,8 +166,10 @@ async def test_storage_match_answers_in_order(ctx) -> None:
 
 
 @pytest.mark.gen_test
-async def test_one_storage_query_per_review(api, ctx) -> None:
-    # A spy on the real store: however many images, one match() call.
+async def test_at_most_one_storage_query_per_review(api, ctx) -> None:
+    # A spy on the real store: however many images, at most one match()
+    # call: the replica's denials, confirmed together (on SQLite the
+    # replica is checked exact before each decision and asks nothing).
     calls = []
     real = ctx.storage.match
 
@@ -180,6 +182,9 @@ async def test_one_storage_query_per_review(api, ctx) -> None:
     review = admission_review("Pod", pod_spec(images[:3], init=images[3:], ephemeral=["Bad!"]))
     reply = await api.request("POST", "/admission/validate", review)
     assert reply.status == 200
+    if ctx.storage.kind == "sqlite":
+        assert calls == []
+        return
     assert len(calls) == 1
     # distinct normalized references only; the invalid one needs no lookup
     assert sorted(str(r) for r in calls[0]) == [

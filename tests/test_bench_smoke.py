@@ -39,6 +39,8 @@ def test_smoke_run_prints_the_whole_table() -> None:
         ("GET /images (all 100)", "postgres"),
         ("GET /images/{id}, 1 instance --reuse-port", "postgres"),
         ("GET /images/{id}, 2 instances --reuse-port", "postgres"),
+        ("GET /health/live (no database)", "postgres"),
+        ("GET /allowed?image= on B, while A revokes", "postgres"),
         ("GET /images/{id}", "sqlite"),
         ("GET /allowed?image=", "sqlite"),
         ("GET /images (all 100)", "sqlite"),
@@ -49,3 +51,7 @@ def test_smoke_run_prints_the_whole_table() -> None:
     for measurement in ("start-up to ready (SQLite)", "start-up to ready (PostgreSQL)"):
         assert f"| {measurement} |" in out
     assert "daemon peak RSS growth serving the full list" in out
+    assert "revocation propagation A -> B under load" in out
+    assert "replica: first full load of 100 entries" in out
+    outage = next(line for line in out.splitlines() if "PostgreSQL stopped" in line)
+    assert outage.split("|")[7].strip() == "0", outage  # every review answered

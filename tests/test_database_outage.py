@@ -170,18 +170,23 @@ def lock_images(database_url: str) -> psycopg2.extensions.connection:
 # the client got a 500 "internal error" and the log a traceback.
 @pytest.mark.gen_test(timeout=90)
 async def test_a_query_outliving_the_db_timeout_is_a_503_then_recovers(api, database_url) -> None:
-    assert (await api.put({"id": "a", "name": "nginx"})).status == 200
+    assert (await api.put({"id": "a", "name": "nginx", "tags": ["1"]})).status == 200
     conn = lock_images(database_url)
     try:
         for request in (
             api.get("/images/a", timeout=30),
             api.get("/images", timeout=30),
             api.put({"id": "b", "name": "nginx"}, timeout=30),
-            api.get("/allowed?image=nginx", timeout=30),
         ):
             reply = await request
             assert reply.status == 503, reply.body
             assert "error" in reply.json
+        # Admission is decided by the replica meanwhile: a listed image from
+        # memory, an unlisted one denied when its confirmation times out.
+        reply = await api.get("/allowed?image=nginx:1", timeout=30)
+        assert reply.status == 200 and reply.json["allowed"] is True, reply.body
+        reply = await api.get("/allowed?image=nginx:2", timeout=30)
+        assert reply.status == 200 and reply.json["allowed"] is False, reply.body
     finally:
         conn.rollback()
         conn.close()
