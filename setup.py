@@ -34,6 +34,10 @@ setup(
             # Rego engine (rego-cpp) to evaluate the example Gatekeeper
             # ConstraintTemplate in tests; OPA itself is not packaged here.
             "regopy>=1.5",
+            # RFC 6902 JSON Patch, to apply the patches /admission/mutate
+            # answers as the API server would, instead of trusting our own
+            # reading of them.
+            "jsonpatch>=1.33",
         ],
     },
     # Served at /openapi.yaml by an installed daemon (handlers/docs.py).

@@ -16,6 +16,7 @@ from handlers.docs import OpenApiDocument, OpenApiJsonHandler, OpenApiYamlHandle
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
 from handlers.images import ImageHandler, ImagesHandler
 from handlers.metrics import MetricsHandler
+from handlers.mutation import GatekeeperMutateHandler, MutateHandler
 
 __all__ = ["AppContext", "make_app"]
 
@@ -35,6 +36,8 @@ def make_app(ctx: AppContext) -> tornado.web.Application:
         (r"/admission/validate", ValidateHandler, args),
         (r"/admission/imagepolicy", ImagePolicyHandler, args),
         (r"/admission/gatekeeper", GatekeeperHandler, args),
+        (r"/admission/mutate", MutateHandler, args),
+        (r"/admission/gatekeeper/mutate", GatekeeperMutateHandler, args),
     ]
     return tornado.web.Application(
         routes,

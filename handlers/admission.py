@@ -21,6 +21,7 @@ reason, and are logged, so a policy can be rolled out by watching first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -95,17 +96,20 @@ class AllowedHandler(AdmissionHandler):
                 "image": decision.resolved,
                 "reason": decision.reason,
                 "entry": image_json(decision.entry) if decision.entry else None,
+                # What /admission/mutate would rewrite it to, so a pipeline
+                # can deploy the pinned reference itself.
+                "pin": decision.pinned,
             }
         )
 
 
-def _object(body: Any, what: str) -> dict[str, Any]:
+def json_object(body: Any, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, f"{what} must be a JSON object")
     return body
 
 
-def _check_type(body: dict[str, Any], api_versions: tuple[str, ...], kind: str) -> None:
+def check_type(body: dict[str, Any], api_versions: tuple[str, ...], kind: str) -> None:
     if body.get("kind") != kind or body.get("apiVersion") not in api_versions:
         raise ApiError(
             400,
@@ -114,12 +118,80 @@ def _check_type(body: dict[str, Any], api_versions: tuple[str, ...], kind: str) 
         )
 
 
-def _image_list(values: Any, field: str) -> list[str]:
+def image_list(values: Any, field: str) -> list[str]:
     if not isinstance(values, list) or len(values) > MAX_KEYS:
         raise ApiError(400, f"{field} must be a list of at most {MAX_KEYS} image references")
     if not all(isinstance(v, str) for v in values):
         raise ApiError(400, f"{field} must hold strings")
     return values
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    """The parts of an AdmissionReview v1 request that admission reads."""
+
+    uid: str
+    group: str
+    kind: str
+    operation: str
+    namespace: Any
+    name: Any
+    object: dict[str, Any] | None
+    old_object: dict[str, Any] | None
+
+    def images(self, old: bool = False) -> list[ContainerImage]:
+        """Every image the object (or the old object) would run."""
+        field, obj = ("oldObject", self.old_object) if old else ("object", self.object)
+        try:
+            return container_images(self.group, self.kind, obj)
+        except MalformedObject as exc:
+            raise ApiError(400, f"malformed request.{field}: {exc}") from None
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "operation": self.operation,
+        }
+
+
+def admission_request(body: Any) -> AdmissionRequest:
+    """The request of an AdmissionReview v1, checked; ApiError 400 if not one."""
+    review = json_object(body, "the body")
+    check_type(review, (ADMISSION_API,), "AdmissionReview")
+    request = json_object(review.get("request"), "request")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ApiError(400, "request.uid must be a non-empty string")
+    kind = json_object(request.get("kind"), "request.kind")
+    group, kind_name = kind.get("group", ""), kind.get("kind")
+    if not isinstance(group, str) or not isinstance(kind_name, str):
+        raise ApiError(400, "request.kind must have string group and kind")
+    operation = request.get("operation")
+    if operation not in OPERATIONS:
+        raise ApiError(400, f"request.operation must be one of {', '.join(OPERATIONS)}")
+    objects = {}
+    for field in ("object", "oldObject"):
+        value = request.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise ApiError(400, f"request.{field} must be an object or null")
+        objects[field] = value
+    return AdmissionRequest(
+        uid=uid,
+        group=group,
+        kind=kind_name,
+        operation=operation,
+        namespace=request.get("namespace"),
+        name=request.get("name"),
+        object=objects["object"],
+        old_object=objects["oldObject"],
+    )
+
+
+def admission_review(response: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": ADMISSION_API, "kind": "AdmissionReview", "response": response}
 
 
 class ValidateHandler(AdmissionHandler, BodyHandler):
@@ -129,30 +201,10 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
     endpoint = "validate"
 
     async def post(self) -> None:
-        review = _object(self.json_body(), "the body")
-        _check_type(review, (ADMISSION_API,), "AdmissionReview")
-        request = _object(review.get("request"), "request")
-        uid = request.get("uid")
-        if not isinstance(uid, str) or not uid:
-            raise ApiError(400, "request.uid must be a non-empty string")
-        kind = _object(request.get("kind"), "request.kind")
-        group, kind_name = kind.get("group", ""), kind.get("kind")
-        if not isinstance(group, str) or not isinstance(kind_name, str):
-            raise ApiError(400, "request.kind must have string group and kind")
-        operation = request.get("operation")
-        if operation not in OPERATIONS:
-            raise ApiError(400, f"request.operation must be one of {', '.join(OPERATIONS)}")
-        obj = request.get("object")
-        if obj is not None and not isinstance(obj, dict):
-            raise ApiError(400, "request.object must be an object or null")
-
+        review = admission_request(self.json_body())
+        uid = review.uid
         # Deleting never starts a container; other verbs run the new object.
-        images: list[ContainerImage] = []
-        if operation != "DELETE":
-            try:
-                images = container_images(group, kind_name, obj)
-            except MalformedObject as exc:
-                raise ApiError(400, f"malformed request.object: {exc}") from None
+        images = [] if review.operation == "DELETE" else review.images()
         decisions = await decide(self.ctx.storage, [c.image for c in images])
         not_allowed = [(c, decisions[c.image]) for c in images if not decisions[c.image].allowed]
         result = self.settle(list(decisions.values()))
@@ -169,18 +221,8 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
             }
         elif result == "warned":
             response["warnings"] = [WARN_PREFIX + line for line in lines]
-        self.log_denials(
-            result,
-            lines,
-            uid=uid,
-            kind=kind_name,
-            namespace=request.get("namespace"),
-            name=request.get("name"),
-            operation=operation,
-        )
-        self.write_json(
-            {"apiVersion": ADMISSION_API, "kind": "AdmissionReview", "response": response}
-        )
+        self.log_denials(result, lines, **review.log_fields())
+        self.write_json(admission_review(response))
 
 
 def _denial_line(container: ContainerImage, decision: Decision) -> str:
@@ -197,14 +239,14 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
     endpoint = "imagepolicy"
 
     async def post(self) -> None:
-        review = _object(self.json_body(), "the body")
-        _check_type(review, (IMAGEPOLICY_API,), "ImageReview")
-        spec = _object(review.get("spec"), "spec")
+        review = json_object(self.json_body(), "the body")
+        check_type(review, (IMAGEPOLICY_API,), "ImageReview")
+        spec = json_object(review.get("spec"), "spec")
         containers = spec.get("containers")
         containers = [] if containers is None else containers
         if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
             raise ApiError(400, "spec.containers must be a list of objects")
-        images = _image_list([c.get("image") for c in containers], "spec.containers[].image")
+        images = image_list([c.get("image") for c in containers], "spec.containers[].image")
         decisions = await decide(self.ctx.storage, images)
         result = self.settle(list(decisions.values()))
         self.count(result)
@@ -234,10 +276,10 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
     endpoint = "gatekeeper"
 
     async def post(self) -> None:
-        body = _object(self.json_body(), "the body")
-        _check_type(body, GATEKEEPER_APIS, "ProviderRequest")
-        request = _object(body.get("request"), "request")
-        keys = _image_list(request.get("keys", []), "request.keys")
+        body = json_object(self.json_body(), "the body")
+        check_type(body, GATEKEEPER_APIS, "ProviderRequest")
+        request = json_object(body.get("request"), "request")
+        keys = image_list(request.get("keys", []), "request.keys")
         decisions = await decide(self.ctx.storage, keys)
         result = self.settle(list(decisions.values()))
         self.count(result)

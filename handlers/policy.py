@@ -7,11 +7,12 @@ a write through any instance is seen by every instance's next decision.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from storage.base import Storage
 from storage.model import Image
+from storage.pinning import pin_digest, pinned
 from storage.reference import ImageRef, InvalidReference, parse_reference
 
 # Longest slice of an invalid reference quoted back in messages and logs.
@@ -24,6 +25,7 @@ class Decision:
     image: ImageRef | None  # None: not a valid reference
     entry: Image | None  # the entry that allows it
     reason: str
+    pin: str | None = None  # the digest to pin a tag reference to (storage.pinning)
 
     @property
     def allowed(self) -> bool:
@@ -33,6 +35,11 @@ class Decision:
     def resolved(self) -> str | None:
         """The reference as distribution's ParseDockerRef renders it."""
         return None if self.image is None else str(self.image)
+
+    @property
+    def pinned(self) -> str | None:
+        """The reference as written with the pinning digest, or None."""
+        return None if self.pin is None else pinned(self.reference, self.pin)
 
     def describe(self) -> str:
         """`<reference> (<resolved>): <reason>`, for denial lists."""
@@ -70,7 +77,7 @@ async def decide(storage: Storage, references: Iterable[str]) -> dict[str, Decis
             except InvalidReference as exc:
                 parsed[reference] = exc
     lookups = list({p for p in parsed.values() if isinstance(p, ImageRef)})
-    entries = dict(zip(lookups, await storage.match(lookups), strict=True)) if lookups else {}
+    found = dict(zip(lookups, await storage.match(lookups), strict=True)) if lookups else {}
     decisions = {}
     for reference, image in parsed.items():
         if isinstance(image, InvalidReference):
@@ -78,6 +85,12 @@ async def decide(storage: Storage, references: Iterable[str]) -> dict[str, Decis
                 reference, None, None, f"invalid image reference: {image}"
             )
         else:
-            entry = entries[image]
-            decisions[reference] = Decision(reference, image, entry, _reason(image, entry))
+            decisions[reference] = decision(reference, image, found[image])
     return decisions
+
+
+def decision(reference: str, image: ImageRef, allowing: Sequence[Image]) -> Decision:
+    """The decision on a valid reference from the entries that allow it,
+    newest first (Storage.match's answer)."""
+    entry = allowing[0] if allowing else None
+    return Decision(reference, image, entry, _reason(image, entry), pin_digest(image, allowing))

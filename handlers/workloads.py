@@ -42,10 +42,21 @@ class ContainerImage:
     location: str  # e.g. spec.template.spec.initContainers[0]
     container: str  # the container's name ("" when it has none)
     image: str
+    pointer: str  # JSON Pointer to the image field, e.g. /spec/template/spec/containers/0/image
 
 
 def has_pod_spec(group: str, kind: str) -> bool:
     return (group, kind) in POD_SPEC_PATHS
+
+
+def controller_owned(obj: Any) -> bool:
+    """Whether a controller made this object (an ownerReference with
+    controller: true), e.g. a ReplicaSet of a Deployment."""
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    owners = metadata.get("ownerReferences") if isinstance(metadata, dict) else None
+    if not isinstance(owners, list):
+        return False
+    return any(isinstance(o, dict) and o.get("controller") is True for o in owners)
 
 
 def container_images(group: str, kind: str, obj: Any) -> list[ContainerImage]:
@@ -66,6 +77,7 @@ def container_images(group: str, kind: str, obj: Any) -> list[ContainerImage]:
     if not isinstance(spec, dict):
         raise MalformedObject(f"{kind} {'.'.join(path)} is not an object")
     prefix = ".".join(path) + "." if path else ""
+    pointer = "".join(f"/{key}" for key in path)
     found = []
     for list_name in CONTAINER_LISTS:
         containers = spec.get(list_name)
@@ -83,5 +95,12 @@ def container_images(group: str, kind: str, obj: Any) -> list[ContainerImage]:
             if not isinstance(image, str):
                 raise MalformedObject(f"{kind} {location}.image is not a string")
             name = container.get("name")
-            found.append(ContainerImage(location, name if isinstance(name, str) else "", image))
+            found.append(
+                ContainerImage(
+                    location,
+                    name if isinstance(name, str) else "",
+                    image,
+                    f"{pointer}/{list_name}/{n}/image",
+                )
+            )
     return found

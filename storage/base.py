@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -110,15 +110,19 @@ class Storage(abc.ABC):
         return PoolStats(size=0, in_use=0, max_size=0, waits=0)
 
     @abc.abstractmethod
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
-        """For each reference, the entry that allows it, else None; in one
-        indexed query whatever the number of references.
+    async def match(self, refs: Sequence[ImageRef]) -> list[tuple[Image, ...]]:
+        """For each reference, the entries that allow it, newest first (by
+        `updated_at`, then the greatest id, the same on both backends); ()
+        when none does. One indexed query whatever the number of references.
 
         An entry allows `name:tag` when its normalized name is `name` and it
         lists `tag`; it allows `name@digest` when its normalized name is
         `name` and its id stands for `digest` (storage.reference.id_digest).
-        Of several such entries, the most recently updated one (then the
-        greatest id) is returned, the same on both backends.
+
+        Not every allowing entry comes back, only what decisions need: the
+        first is the newest, the entry that decides; for a tag reference
+        the rest include every entry storage.pinning.pin_digest could
+        choose (the newest repo-digest id of each spelling of a repository).
         """
 
     async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
@@ -139,6 +143,14 @@ class Storage(abc.ABC):
             if page.count < query.limit or page.last is None:
                 return
             after = page.last
+
+
+def grouped_matches(count: int, rows: Iterable[tuple[int, Image]]) -> list[tuple[Image, ...]]:
+    """`match`'s answer from (reference index, entry) rows in answer order."""
+    found: list[list[Image]] = [[] for _ in range(count)]
+    for i, image in rows:
+        found[i].append(image)
+    return [tuple(entries) for entries in found]
 
 
 def json_page(sort: str, objects: list[str]) -> JsonPage:

@@ -26,6 +26,7 @@ from storage.base import (
     PoolStats,
     QueryObserver,
     Storage,
+    grouped_matches,
     json_page,
     observed,
     warn_if_unmatchable,
@@ -154,19 +155,29 @@ COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f"%({name})s")
 LIST_JSON_SQL = all_list_sql(lambda name: f"%({name})s", "entry_json")
-# One row per reference that some entry allows: the entry ranked first.
+# For each reference, the entries that allow it, newest first: the newest
+# (the decision) and, for a tag reference, every entry that could pin it
+# (storage.pinning): the newest repo-digest id of each repository spelling
+# (the id's text before '@'; one spelling normalizes one way), so a tag
+# listed by thousands of old entries still returns a handful of rows.
 MATCH_SQL = f"""
 SELECT i, {SELECT_COLUMNS} FROM (
     SELECT q.i, images.*,
            row_number() OVER (PARTITION BY q.i ORDER BY images.updated_at DESC, images.id DESC)
-               AS rank
+               AS rank,
+           q.digest IS NULL AND images.digest IS NOT NULL AND strpos(images.id, '@') > 0
+               AS may_pin,
+           row_number() OVER (PARTITION BY q.i, split_part(images.id, '@', 1)
+                              ORDER BY images.updated_at DESC, images.id DESC)
+               AS spelling_rank
     FROM unnest(%(idx)s::int[], %(names)s::text[], %(tags)s::text[], %(digests)s::text[])
          AS q(i, name, tag, digest)
     JOIN images ON images.norm_name = q.name
      AND CASE WHEN q.digest IS NOT NULL THEN images.digest = q.digest
               ELSE q.tag = ANY(images.tags) END
 ) AS matched
-WHERE rank = 1
+WHERE rank = 1 OR (may_pin AND spelling_rank = 1)
+ORDER BY i, updated_at DESC, id DESC
 """
 
 # Errors that mean "this connection or server is unusable right now".
@@ -508,10 +519,9 @@ class PostgresStorage(Storage):
         return await self._run(op)
 
     @observed
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
-        found: list[Image | None] = [None] * len(refs)
+    async def match(self, refs: Sequence[ImageRef]) -> list[tuple[Image, ...]]:
         if not refs:
-            return found
+            return []
         params = {
             "idx": list(range(len(refs))),
             "names": [r.name for r in refs],
@@ -523,6 +533,6 @@ class PostgresStorage(Storage):
             await cur.execute(MATCH_SQL, params)
             return await cur.fetchall()
 
-        for row in await self._run(op):
-            found[row[0]] = _row_to_image(row[1:])
-        return found
+        return grouped_matches(
+            len(refs), ((row[0], _row_to_image(row[1:])) for row in await self._run(op))
+        )

@@ -22,6 +22,7 @@ from storage.base import (
     PoolStats,
     QueryObserver,
     Storage,
+    grouped_matches,
     json_page,
     observed,
     warn_if_unmatchable,
@@ -107,7 +108,8 @@ COUNT_SQL = "SELECT count(*) FROM images"
 PING_SQL = "SELECT 1"
 LIST_SQL = all_list_sql(lambda name: f":{name}")
 LIST_JSON_SQL = all_list_sql(lambda name: f":{name}", SQLITE_JSON_COLUMN)
-# One row per reference that some entry allows: the entry ranked first.
+# As in storage/postgres.py: per reference, the newest allowing entry and,
+# for a tag reference, the newest repo-digest id of each repository spelling.
 # The references arrive as one JSON array of [name, tag, digest] triples.
 MATCH_SQL = f"""
 WITH q(i, name, tag, digest) AS (
@@ -118,12 +120,18 @@ WITH q(i, name, tag, digest) AS (
 SELECT i, {SELECT_COLUMNS} FROM (
     SELECT q.i AS i, images.*,
            row_number() OVER (PARTITION BY q.i ORDER BY images.updated_at DESC, images.id DESC)
-               AS rank
+               AS rank,
+           q.digest IS NULL AND images.digest IS NOT NULL AND instr(images.id, '@') > 0
+               AS may_pin,
+           row_number() OVER (PARTITION BY q.i, substr(images.id, 1, instr(images.id, '@'))
+                              ORDER BY images.updated_at DESC, images.id DESC)
+               AS spelling_rank
     FROM q JOIN images ON images.norm_name = q.name
      AND CASE WHEN q.digest IS NOT NULL THEN images.digest = q.digest
               ELSE EXISTS (SELECT 1 FROM json_each(images.tags) AS t WHERE t.value = q.tag) END
 )
-WHERE rank = 1
+WHERE rank = 1 OR (may_pin AND spelling_rank = 1)
+ORDER BY i, updated_at DESC, id DESC
 """
 
 
@@ -287,12 +295,9 @@ class SqliteStorage(Storage):
         return int(n)
 
     @observed
-    async def match(self, refs: Sequence[ImageRef]) -> list[Image | None]:
-        found: list[Image | None] = [None] * len(refs)
+    async def match(self, refs: Sequence[ImageRef]) -> list[tuple[Image, ...]]:
         if not refs:
-            return found
+            return []
         payload = json.dumps([[r.name, r.tag, r.digest] for r in refs])
         rows = await self._run(lambda c: c.execute(MATCH_SQL, {"refs": payload}).fetchall())
-        for row in rows:
-            found[row[0]] = _row_to_image(row[1:])
-        return found
+        return grouped_matches(len(refs), ((row[0], _row_to_image(row[1:])) for row in rows))

@@ -95,6 +95,10 @@ async def test_database_down_is_a_quick_503_then_recovers(http_client, pg_cluste
             ("POST", "/admission/imagepolicy", image_review("nginx:1.25")),
             ("POST", "/admission/gatekeeper", provider_request("nginx:1.25")),
             ("GET", "/allowed?image=nginx:1.25", None),
+            # Not knowing the digest is not "nothing to pin": the webhook's
+            # failurePolicy decides, as for validation.
+            ("POST", "/admission/mutate", admission_review("Pod", pod_spec(["nginx:1.25"]))),
+            ("POST", "/admission/gatekeeper/mutate", provider_request("nginx:1.25")),
         ]
         for method, path, body in calls:
             # The bound only detects a hang; the API server's own timeout
