@@ -267,6 +267,25 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
         )
 
 
+def provider_request(body: Any) -> tuple[str, list[str]]:
+    """A Gatekeeper ProviderRequest's apiVersion and keys; ApiError 400 if
+    not one."""
+    body = json_object(body, "the body")
+    check_type(body, GATEKEEPER_APIS, "ProviderRequest")
+    request = json_object(body.get("request"), "request")
+    return body["apiVersion"], image_list(request.get("keys", []), "request.keys")
+
+
+def provider_response(
+    api_version: str, items: list[dict[str, Any]], *, idempotent: bool
+) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": "ProviderResponse",
+        "response": {"idempotent": idempotent, "items": items},
+    }
+
+
 class GatekeeperHandler(AdmissionHandler, BodyHandler):
     """OPA Gatekeeper external-data provider: one item per key; `error` is
     set for each key that is not allowed, which the Rego turns into a
@@ -276,10 +295,7 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
     endpoint = "gatekeeper"
 
     async def post(self) -> None:
-        body = json_object(self.json_body(), "the body")
-        check_type(body, GATEKEEPER_APIS, "ProviderRequest")
-        request = json_object(body.get("request"), "request")
-        keys = image_list(request.get("keys", []), "request.keys")
+        api_version, keys = provider_request(self.json_body())
         decisions = await decide(self.ctx.storage, keys)
         result = self.settle(list(decisions.values()))
         self.count(result)
@@ -299,11 +315,5 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
             items.append(item)
         denied = [f"image {d.describe()}" for d in decisions.values() if not d.allowed]
         self.log_denials(result, denied)
-        self.write_json(
-            {
-                "apiVersion": body["apiVersion"],
-                "kind": "ProviderResponse",
-                # Not idempotent over time: a PUT or DELETE changes answers.
-                "response": {"idempotent": False, "items": items},
-            }
-        )
+        # Not idempotent over time: a PUT or DELETE changes answers.
+        self.write_json(provider_response(api_version, items, idempotent=False))

@@ -25,14 +25,12 @@ import orjson
 import structlog
 
 from handlers.admission import (
-    GATEKEEPER_APIS,
     AdmissionHandler,
     AdmissionRequest,
     admission_request,
     admission_review,
-    check_type,
-    image_list,
-    json_object,
+    provider_request,
+    provider_response,
 )
 from handlers.base import BodyHandler
 from handlers.policy import Decision, decide, quote
@@ -114,10 +112,7 @@ class GatekeeperMutateHandler(AdmissionHandler, BodyHandler):
     endpoint = "gatekeeper_mutate"
 
     async def post(self) -> None:
-        body = json_object(self.json_body(), "the body")
-        check_type(body, GATEKEEPER_APIS, "ProviderRequest")
-        request = json_object(body.get("request"), "request")
-        keys = image_list(request.get("keys", []), "request.keys")
+        api_version, keys = provider_request(self.json_body())
         decisions = await decide(self.ctx.storage, keys)
         self.count("allowed")
         items = [{"key": key, "value": decisions[key].pinned or key} for key in keys]
@@ -131,12 +126,6 @@ class GatekeeperMutateHandler(AdmissionHandler, BodyHandler):
                 request_id=self.request_id,
                 pins=[_pin_record(d) for d in pinned],
             )
-        self.write_json(
-            {
-                "apiVersion": body["apiVersion"],
-                "kind": "ProviderResponse",
-                # Gatekeeper mutates only with an idempotent provider: a
-                # pinned reference answers itself.
-                "response": {"idempotent": True, "items": items},
-            }
-        )
+        # Gatekeeper mutates only with an idempotent provider: a pinned
+        # reference answers itself.
+        self.write_json(provider_response(api_version, items, idempotent=True))
