@@ -210,6 +210,16 @@ async def test_update_pins_only_images_that_change(api) -> None:
         BY_IMAGE_ID,
     ]
 
+    # kubectl debug: the pods/ephemeralcontainers subresource may change
+    # nothing but ephemeral containers, so only the new one is pinned.
+    debug = admission_review("Pod", pod_spec([PINNABLE], ephemeral=[PINNABLE]), operation="UPDATE")
+    debug["request"]["subResource"] = "ephemeralcontainers"
+    debug["request"]["oldObject"]["spec"]["ephemeralContainers"] = []
+    response, obj = await mutate(api, debug)
+    assert json.loads(base64.b64decode(response["patch"])) == [
+        {"op": "replace", "path": "/spec/ephemeralContainers/0/image", "value": f"{PINNABLE}@{D1}"}
+    ]
+
     # Server-side apply of the manifest's tag over a pinned object pins again.
     pod = admission_review("Pod", pod_spec([PINNABLE]), operation="UPDATE")
     pod["request"]["oldObject"]["spec"]["containers"][0]["image"] = f"{PINNABLE}@{D1}"
