@@ -5,6 +5,8 @@
 - POST /admission/imagepolicy    ImagePolicyWebhook backend, ImageReview v1alpha1
 - POST /admission/gatekeeper     OPA Gatekeeper external-data provider
 
+Digest pinning (the mutating side) is in handlers/mutation.py.
+
 These are called by the API server (or Gatekeeper), not by writers, so they
 take no bearer token; protect them with TLS and the network instead.
 

@@ -269,10 +269,23 @@ async def test_a_pin_is_logged_once_per_object_and_counted(api) -> None:
         },
         {"location": "spec.template.spec.containers[0]", "image": PINNABLE, "digest": D1},
     ]
+    assert line["pins_total"] == 2
     metrics = (await api.get("/metrics")).body.decode()
     assert 'imagelist_admission_pins_total{endpoint="mutate"} 2.0' in metrics
     assert 'imagelist_admission_pins_total{endpoint="gatekeeper_mutate"} 0.0' in metrics
     assert 'imagelist_admission_decisions_total{endpoint="mutate",result="allowed"} 2.0' in metrics
+
+
+@pytest.mark.gen_test
+async def test_a_pod_with_hundreds_of_pins_logs_a_bounded_line(api) -> None:
+    await record_entries(api)
+    review = admission_review("Pod", pod_spec([PINNABLE] * 300))
+    with structlog.testing.capture_logs() as logs:
+        _, obj = await mutate(api, review)
+    assert [c["image"] for c in obj["spec"]["containers"]] == [f"{PINNABLE}@{D1}"] * 300
+    (line,) = [e for e in logs if e["event"] == "admission_pinned"]
+    assert line["pins_total"] == 300 and len(line["pins"]) == 100
+    assert len(json.dumps(line)) < 48 * 1024
 
 
 @pytest.mark.gen_test
