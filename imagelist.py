@@ -9,7 +9,8 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import structlog
 from tornado.httpserver import HTTPServer
@@ -18,12 +19,12 @@ from tornado.netutil import bind_sockets
 
 from config import Config, ConfigError, load_config
 from config.logging import setup_logging
+from config.metrics import Metrics
 from config.systemd import notify, watchdog_interval
 from config.tls import ReloadableTls
 from config.tokens import TokenFileError, TokenRegistry
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
-from handlers.metrics import Metrics
 from storage import Storage, StorageError, create_storage
 
 log = structlog.get_logger("imagelist")
@@ -57,13 +58,46 @@ async def drain(ctx: AppContext, server: HTTPServer, timeout: float) -> None:
     await server.close_all_connections()
 
 
+class StartupError(Exception):
+    """A part of the app could not be opened: the daemon logs `event` with
+    `fields` and exits with `status`, instead of a traceback."""
+
+    def __init__(self, event: str, status: int, **fields: object) -> None:
+        super().__init__(event)
+        self.event = event
+        self.status = status
+        self.fields = fields
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    """What `assemble` opened: the app's parts and the server listening for it."""
+
+    ctx: AppContext
+    server: HTTPServer
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Where a client on this machine reaches the app."""
+        config = self.ctx.config
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(  # noqa: S104
+            config.listen_host, config.listen_host
+        )
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if config.tls else 'http'}://{host}:{self.port}"
+
+
 def load_tokens(config: Config, metrics: Metrics) -> TokenRegistry | None:
-    """The token registry, or None (auth off); TokenFileError refuses start-up."""
+    """The token registry, or None (auth off); an unusable file refuses start-up."""
     if not config.tokens_file:
         log.warning("auth_disabled", reason="no --tokens-file: PUT and DELETE are unauthenticated")
         return None
     tokens = TokenRegistry(config.tokens_file, metrics)
-    tokens.load()
+    try:
+        tokens.load()
+    except TokenFileError as exc:
+        raise StartupError("tokens_file_invalid", 2, error=str(exc)) from None
     return tokens
 
 
@@ -74,96 +108,137 @@ def watch_tokens(ctx: AppContext) -> FileWatcher | None:
         return None
     watcher = FileWatcher(tokens.path, tokens.reload, IOLoop.current())
     watcher.start()
-    ctx.reload_hooks.append(lambda: tokens.reload("sighup", force=True))
+
+    def reload_forced() -> None:
+        tokens.reload("sighup", force=True)
+
+    ctx.reload_hooks.append(reload_forced)
     # A change between the start-up load and the watch would go unseen.
     tokens.reload("startup")
     return watcher
 
 
 def build_storage(config: Config, metrics: Metrics) -> Storage:
-    """The store the configuration names, reporting to `metrics`."""
-    return create_storage(
+    """The store the configuration names, reporting to `metrics`: every
+    operation's latency and, at scrape time, its pool."""
+    storage = create_storage(
         config.database_url,
         pool_size=config.db_pool_size,
         timeout=config.db_timeout,
         connect_timeout=config.db_connect_timeout,
         observer=metrics.observe_query,
     )
+    metrics.watch_storage(storage)
+    return storage
 
 
-async def serve(config: Config) -> int:
-    metrics = Metrics()
+def load_tls(config: Config, ctx: AppContext) -> ssl.SSLContext | None:
+    """The listening socket's TLS context (reloaded on SIGHUP), or None."""
+    if not (config.certfile and config.keyfile):
+        return None
     try:
-        tokens = load_tokens(config, metrics)
-    except TokenFileError as exc:
-        log.error("tokens_file_invalid", error=str(exc))
-        return 2
-    storage = build_storage(config, metrics)
-    try:
-        await storage.open()
-    except (StorageError, OSError) as exc:
-        log.error("storage_open_failed", storage=storage.kind, error=str(exc))
-        return 1
-    ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
-    ssl_options: ssl.SSLContext | None = None
-    if config.certfile and config.keyfile:
-        try:
-            tls = ReloadableTls(config.certfile, config.keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            log.error("tls_setup_failed", error=str(exc))
-            await storage.close()
-            return 1
-        ssl_options = tls.context
-        ctx.reload_hooks.append(tls.reload)
-    server = HTTPServer(
-        make_app(ctx),
-        ssl_options=ssl_options,
-        max_body_size=config.max_body_size * 16,
-        idle_connection_timeout=60,
-        body_timeout=30,
-    )
+        tls = ReloadableTls(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError("tls_setup_failed", 1, error=str(exc)) from None
+    ctx.reload_hooks.append(tls.reload)
+    return tls.context
+
+
+def listen(config: Config, server: HTTPServer) -> int:
+    """Bind the configured address (port 0: any free port); the port bound."""
     try:
         sockets = bind_sockets(
             config.listen_port, address=config.listen_host or None, reuse_port=config.reuse_port
         )
     except OSError as exc:
-        log.error(
-            "listen_failed", listen=f"{config.listen_host}:{config.listen_port}", error=str(exc)
-        )
-        await storage.close()
-        return 1
+        raise StartupError(
+            "listen_failed",
+            1,
+            listen=f"{config.listen_host}:{config.listen_port}",
+            error=str(exc),
+        ) from None
     server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
+    return int(sockets[0].getsockname()[1])
 
+
+@contextlib.asynccontextmanager
+async def assemble(config: Config) -> AsyncIterator[RunningApp]:
+    """Open every part of the app, listening, and close them all on exit, in
+    reverse order: stop watching, drain in-flight requests, close the store.
+
+    The daemon (`serve`) and the in-process tests share this, so a test runs
+    the app exactly as it is deployed. StartupError when a part cannot open.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        metrics = Metrics()
+        tokens = load_tokens(config, metrics)
+        storage = build_storage(config, metrics)
+        stack.push_async_callback(storage.close)
+        try:
+            await storage.open()
+        except (StorageError, OSError) as exc:
+            raise StartupError(
+                "storage_open_failed", 1, storage=storage.kind, error=str(exc)
+            ) from None
+        ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
+        server = HTTPServer(
+            make_app(ctx),
+            ssl_options=load_tls(config, ctx),
+            max_body_size=config.max_body_size * 16,
+            idle_connection_timeout=60,
+            body_timeout=30,
+        )
+        port = listen(config, server)
+        stack.push_async_callback(drain, ctx, server, config.shutdown_timeout)
+        watcher = watch_tokens(ctx)
+        if watcher is not None:
+            stack.callback(watcher.stop)
+        yield RunningApp(ctx=ctx, server=server, port=port)
+
+
+async def serve(config: Config) -> int:
+    pinger: asyncio.Task[None] | None = None
+    try:
+        async with assemble(config) as running:
+            pinger = await run_until_stopped(running)
+    except StartupError as exc:
+        log.error(exc.event, **exc.fields)
+        return exc.status
+    finally:
+        # Pings go on while the app drains: systemd still watches a stopping unit.
+        if pinger is not None:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+    log.info("stopped")
+    return 0
+
+
+async def run_until_stopped(running: RunningApp) -> asyncio.Task[None] | None:
+    """Signals and sd_notify around the running app, until SIGTERM/SIGINT;
+    the watchdog pinger, if systemd wants one, for the caller to stop."""
+    ctx, config = running.ctx, running.ctx.config
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, ctx.reload)
-    watcher = watch_tokens(ctx)
     # Announced only now: the sockets listen and every signal handler is in
     # place (a SIGHUP sent on seeing this would otherwise kill the daemon).
     log.info(
-        "listening", host=config.listen_host or "*", port=port, storage=storage.kind, tls=config.tls
+        "listening",
+        host=config.listen_host or "*",
+        port=running.port,
+        storage=ctx.storage.kind,
+        tls=config.tls,
     )
-    sd_notify(f"READY=1\nSTATUS=listening on port {port}")
+    sd_notify(f"READY=1\nSTATUS=listening on port {running.port}")
     interval = watchdog_interval()
     pinger = asyncio.create_task(watchdog_pings(interval)) if interval else None
-    try:
-        await stop.wait()
-    finally:
-        if watcher is not None:
-            watcher.stop()
+    await stop.wait()
     sd_notify("STOPPING=1")
     log.info("stopping", inflight=ctx.inflight)
-    await drain(ctx, server, config.shutdown_timeout)
-    await storage.close()
-    if pinger is not None:
-        pinger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pinger
-    log.info("stopped")
-    return 0
+    return pinger
 
 
 def main(argv: Sequence[str] | None = None) -> int:

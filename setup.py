@@ -26,10 +26,11 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
-            "pytest-tornado==0.8.1",
-            # pytest-tornado imports pkg_resources, gone from setuptools 82.
-            "setuptools<82",
             "ruff",
+            # The daemon's code is type-checked in .ci/run.
+            "mypy>=1.10",
+            "types-PyYAML",
+            "types-psycopg2",
             "schemathesis>=4",
             # Rego engine (rego-cpp) to evaluate the example Gatekeeper
             # ConstraintTemplate in tests; OPA itself is not packaged here.

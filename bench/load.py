@@ -91,7 +91,7 @@ def wrk(url: str, requests: Path, connections: int, seconds: int, threads: int =
     )
 
 
-# The daemon's GET /images/{id} query, for an id the seed wrote (seed.image_id).
+# The daemon's GET /images/{id} query, for an id the seed wrote (seed.entry_id).
 PGBENCH_SCRIPT = """\
 \\set n random(0, {last})
 SELECT id, name, tags, created_at, updated_at FROM images

@@ -1,8 +1,10 @@
 """Processes the benchmark starts: the daemon, the hello-world ceiling.
 
 Readiness comes from sd_notify: each process gets its own NOTIFY_SOCKET, and
-the time from spawn to its READY=1 datagram is the start-up time. Memory is
-read from /proc: VmRSS now, VmHWM the peak (resettable through clear_refs).
+the time from spawn to its READY=1 datagram is the start-up time. The
+daemon's memory is what it reports itself on /metrics
+(process_resident_memory_bytes); a peak is the largest value sampled while
+a measurement runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,25 +63,6 @@ class Proc:
         assert self.proc is not None
         return self.proc.pid
 
-    def _status(self, field: str) -> int:
-        """A /proc/<pid>/status size field, in bytes."""
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no {field} for {self.name}")
-
-    def rss(self) -> int:
-        return self._status("VmRSS")
-
-    def peak_rss(self) -> int:
-        return self._status("VmHWM")
-
-    def reset_peak_rss(self) -> None:
-        # "5" resets VmHWM to the current RSS (proc(5), clear_refs).
-        with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-            f.write("5")
-
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -102,3 +89,40 @@ def daemon(name: str, workdir: Path, port: int, database_url: str, *extra: str) 
 
 def hello(workdir: Path, port: int) -> Proc:
     return Proc("hello", [sys.executable, "-m", "bench.hello", str(port)], workdir)
+
+
+def rss(port: int) -> int:
+    """The daemon's resident memory, in bytes, as its /metrics reports it."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("process_resident_memory_bytes "):
+                return int(float(line.split()[1]))
+    raise RuntimeError(f"no process_resident_memory_bytes on {url}")
+
+
+class PeakRss:
+    """The largest RSS sampled from /metrics while the block runs."""
+
+    def __init__(self, port: int, interval: float = 0.2) -> None:
+        self.port = port
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss(self.port))
+            self._stop.wait(self.interval)
+
+    @contextmanager
+    def sampling(self) -> Iterator[PeakRss]:
+        self.peak = rss(self.port)
+        sampler = threading.Thread(target=self._sample, daemon=True)
+        sampler.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            sampler.join(10)
+            self.peak = max(self.peak, rss(self.port))

@@ -40,7 +40,7 @@ from bench.seed import entry, seed  # noqa: E402
 
 from pgcluster import PgCluster, create_database, free_port  # noqa: E402
 
-# The old Go service on this kind of machine (issue 7), for the targets.
+# The old Go service on this kind of machine, for the targets.
 OLD_GET_RPS = 3300
 OLD_LIST_RPS = 120
 MB = 1024 * 1024
@@ -248,8 +248,7 @@ def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Pa
         with running(daemon):
             report.fact("start-up to ready (PostgreSQL)", f"{daemon.ready_seconds * 1000:.0f} ms")
             warm_up(port, files, s)
-            base_rss = daemon.rss()
-            daemon.reset_peak_rss()
+            base_rss = procs.rss(port)
 
             def measure(
                 scenario: str,
@@ -268,41 +267,50 @@ def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Pa
                 return result
 
             big = s.images >= 10_000
-            measure(
-                "GET /images/{id}",
-                "id",
-                s.conns,
-                target=rps_p99(1.5 * OLD_GET_RPS, 25),
-                vs="pgbench",
-            )
-            measure(
-                "GET /allowed?image=",
-                "allowed",
-                s.conns,
-                target=rps_p99(1.5 * OLD_GET_RPS, 25),
-                vs="pgbench",
-            )
-            measure("POST AdmissionReview, 10 images", "review", s.conns, target=p99_under(10))
-            measure("GET /images?name=", "name", s.conns)
-            measure("GET /health/ping", "ping", s.conns)
-            if not s.smoke:
-                measure("GET /images/{id}", "id", s.low_conns, target=p99_under(2), vs="pgbench")
+            points = procs.PeakRss(port)
+            with points.sampling():
                 measure(
-                    "GET /allowed?image=", "allowed", s.low_conns, target=p99_under(2), vs="pgbench"
+                    "GET /images/{id}",
+                    "id",
+                    s.conns,
+                    target=rps_p99(1.5 * OLD_GET_RPS, 25),
+                    vs="pgbench",
                 )
-            peak_small = daemon.peak_rss()
+                measure(
+                    "GET /allowed?image=",
+                    "allowed",
+                    s.conns,
+                    target=rps_p99(1.5 * OLD_GET_RPS, 25),
+                    vs="pgbench",
+                )
+                measure("POST AdmissionReview, 10 images", "review", s.conns, target=p99_under(10))
+                measure("GET /images?name=", "name", s.conns)
+                measure("GET /health/ping", "ping", s.conns)
+                if not s.smoke:
+                    measure(
+                        "GET /images/{id}", "id", s.low_conns, target=p99_under(2), vs="pgbench"
+                    )
+                    measure(
+                        "GET /allowed?image=",
+                        "allowed",
+                        s.low_conns,
+                        target=p99_under(2),
+                        vs="pgbench",
+                    )
+            peak_small = points.peak
 
-            # The whole list last, with the peak reset: its growth is the point.
-            before = daemon.rss()
-            daemon.reset_peak_rss()
-            measure(
-                f"GET /images (all {s.images:,})",
-                "list",
-                s.list_conns if big else s.conns,
-                target=None if big else rps_at_least(3 * OLD_LIST_RPS),
-                mb_s=True,
-            )
-            growth = daemon.peak_rss() - before
+            # The whole list last, sampled on its own: its growth is the point.
+            before = procs.rss(port)
+            listing = procs.PeakRss(port)
+            with listing.sampling():
+                measure(
+                    f"GET /images (all {s.images:,})",
+                    "list",
+                    s.list_conns if big else s.conns,
+                    target=None if big else rps_at_least(3 * OLD_LIST_RPS),
+                    mb_s=True,
+                )
+            growth = listing.peak - before
             report.fact("daemon RSS after warm-up (PostgreSQL)", f"{base_rss / MB:.1f} MB")
             report.fact("daemon peak RSS, point queries", f"{peak_small / MB:.1f} MB")
             report.fact(

@@ -24,7 +24,7 @@ from storage.model import to_micros
 from storage.reference import reference_keys
 
 BATCH = 1000
-# 2017-10-27T16:51:06Z, the SPEC's example; one microsecond apart, so every
+# 2017-10-27T16:51:06Z, the README's example; one microsecond apart, so every
 # sort order is fully determined.
 EPOCH = dt.datetime(2017, 10, 27, 16, 51, 6, tzinfo=dt.UTC)
 
@@ -42,14 +42,14 @@ class Entry:
         return f"{self.name}:{self.tags[0]}"
 
 
-def image_id(i: int) -> str:
+def entry_id(i: int) -> str:
     """The i-th entry's id; pgbench's script computes the same in SQL."""
     return "sha256:" + hashlib.sha256(f"bench-{i}".encode()).hexdigest()
 
 
 def entry(i: int) -> Entry:
     return Entry(
-        id=image_id(i),
+        id=entry_id(i),
         name=f"registry.example.com/team{i % 50}/app{i}",
         tags=("1.0", f"build-{i}", "stable"),
         at=EPOCH + dt.timedelta(microseconds=i),

@@ -12,7 +12,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 ENV_PREFIX = "IMAGELIST_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -42,10 +42,6 @@ class Config:
     admission_mode: str
 
     @property
-    def storage_kind(self) -> str:
-        return "sqlite" if self.database_url.startswith("sqlite:") else "postgres"
-
-    @property
     def tls(self) -> bool:
         return self.certfile is not None
 
@@ -73,7 +69,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         ),
     )
 
-    def add(name: str, help: str, default: str | None = None, **kw: object) -> None:
+    def add(name: str, help: str, default: str | None = None, **kw: Any) -> None:
         envvar = env_name(name)
         # Help shows the built-in default only: an environment value may be
         # a password and must not be echoed by --help.
@@ -158,9 +154,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, number
 
 
-def _number(name: str, raw: object, kind: type, minimum: float) -> int | float:
+def _number(name: str, raw: Any, kind: type[int] | type[float], minimum: float) -> int | float:
     try:
-        value = kind(raw)
+        value: int | float = kind(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"--{name} {raw!r}: not a number") from None
     if value < minimum:
@@ -172,7 +168,7 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def database_url(ns: argparse.Namespace) -> str:
+def database_url(ns: argparse.Namespace, env: Mapping[str, str]) -> str:
     if ns.database_url:
         return str(ns.database_url)
     parts = {
@@ -186,15 +182,16 @@ def database_url(ns: argparse.Namespace) -> str:
     given = {k: str(v) for k, v in parts.items() if v not in (None, "")}
     if given:
         return " ".join(f"{k}={_quote(v)}" for k, v in given.items())
-    return "sqlite:///" + default_sqlite_path()
+    return "sqlite:///" + default_sqlite_path(env)
 
 
-def default_sqlite_path() -> str:
+def default_sqlite_path(env: Mapping[str, str]) -> str:
     """systemd's StateDirectory= when set, else the XDG data directory."""
-    state = os.environ.get("STATE_DIRECTORY")
+    state = env.get("STATE_DIRECTORY")
     if state:
         return os.path.join(state.split(":")[0], "imagelist.db")
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    home = env.get("HOME") or os.path.expanduser("~")
+    base = env.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
     return os.path.join(base, "imagelist", "imagelist.db")
 
 
@@ -212,7 +209,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         raise ConfigError(f"--log-format {ns.log_format!r}: expected json or console")
     if ns.admission_mode not in ("enforce", "warn"):
         raise ConfigError(f"--admission-mode {ns.admission_mode!r}: expected enforce or warn")
-    url = database_url(ns)
+    url = database_url(ns, env)
     if url.startswith("sqlite:") and not url.startswith("sqlite:///"):
         raise ConfigError(f"--database-url {url!r}: a SQLite URL is sqlite:///PATH")
     return Config(

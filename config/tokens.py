@@ -18,10 +18,12 @@ import hmac
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import yaml
+
+from config.metrics import Metrics
 
 log = structlog.get_logger("imagelist.tokens")
 
@@ -49,7 +51,7 @@ class Verdict:
 
     name: str | None  # the matching entry's name, also when it is disabled
     ok: bool
-    reason: str  # "ok", "missing", "malformed", "unknown", "disabled", "no tokens file"
+    reason: str  # "ok", "unknown", "disabled" or "no tokens file"
 
 
 def token_digest(token: bytes) -> bytes:
@@ -149,17 +151,6 @@ def parse_tokens(data: bytes, source: str) -> tuple[TokenEntry, ...]:
     return tuple(entries)
 
 
-class ReloadMetrics(Protocol):
-    """The part of handlers.metrics.Metrics the registry updates."""
-
-    @property
-    def token_reloads(self) -> Any: ...
-    @property
-    def token_reload_errors(self) -> Any: ...
-    @property
-    def token_last_reload(self) -> Any: ...
-
-
 class TokenRegistry:
     """The current token set, reloaded from its file on the IOLoop.
 
@@ -167,7 +158,7 @@ class TokenRegistry:
     reloads and checks both run there.
     """
 
-    def __init__(self, path: str, metrics: ReloadMetrics | None = None) -> None:
+    def __init__(self, path: str, metrics: Metrics) -> None:
         self.path = path
         self.metrics = metrics
         #: None: the file is gone and no token is valid (fail closed).
@@ -244,9 +235,8 @@ class TokenRegistry:
     def _apply(self, entries: tuple[TokenEntry, ...], digest: bytes, trigger: str) -> None:
         self._entries = entries
         self._seen = digest
-        if self.metrics is not None:
-            self.metrics.token_reloads.inc()
-            self.metrics.token_last_reload.set(time.time())
+        self.metrics.token_reloads.inc()
+        self.metrics.token_last_reload.set(time.time())
         enabled = [e.name for e in entries if not e.disabled]
         log.info(
             "tokens_loaded",
@@ -260,8 +250,7 @@ class TokenRegistry:
             log.warning("tokens_none_enabled", path=self.path, effect="every write gets 401")
 
     def _count_error(self) -> None:
-        if self.metrics is not None:
-            self.metrics.token_reload_errors.inc()
+        self.metrics.token_reload_errors.inc()
 
     def check(self, presented: bytes) -> Verdict:
         """Which entry `presented` is, compared in constant time.

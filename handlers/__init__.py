@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import tornado.web
 
 from handlers.admission import (
@@ -10,37 +13,47 @@ from handlers.admission import (
     ImagePolicyHandler,
     ValidateHandler,
 )
-from handlers.base import log_request
+from handlers.base import BaseHandler, log_request
 from handlers.context import AppContext
 from handlers.docs import OpenApiDocument, OpenApiJsonHandler, OpenApiYamlHandler
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
-from handlers.images import ImageHandler, ImagesHandler
+from handlers.images import EntriesHandler, EntryHandler
 from handlers.metrics import MetricsHandler
 from handlers.mutation import GatekeeperMutateHandler, MutateHandler
 
-__all__ = ["AppContext", "make_app"]
+__all__ = ["AppContext", "make_app", "route_pattern"]
+
+#: Every routed handler; each declares its own route template.
+HANDLERS: tuple[type[BaseHandler], ...] = (
+    EntriesHandler,
+    EntryHandler,
+    PingHandler,
+    LiveHandler,
+    MetricsHandler,
+    AllowedHandler,
+    ValidateHandler,
+    ImagePolicyHandler,
+    GatekeeperHandler,
+    MutateHandler,
+    GatekeeperMutateHandler,
+    OpenApiYamlHandler,
+    OpenApiJsonHandler,
+)
+
+
+def route_pattern(template: str) -> str:
+    """A handler's route template as the regex Tornado routes on:
+    `/images/{id}` -> `/images/(.+)` (a parameter takes the rest of the path,
+    `/` and `@` included: ids may be repo digests)."""
+    parts = re.split(r"(\{[^}]+\})", template)
+    return "".join("(.+)" if part.startswith("{") else re.escape(part) for part in parts)
 
 
 def make_app(ctx: AppContext) -> tornado.web.Application:
-    args = {"ctx": ctx}
-    document = OpenApiDocument.load()
-    routes = [
-        (r"/images", ImagesHandler, args),
-        (r"/images/(.+)", ImageHandler, args),
-        (r"/health/ping", PingHandler, args),
-        (r"/health/live", LiveHandler, args),
-        (r"/metrics", MetricsHandler, args),
-        (r"/openapi\.yaml", OpenApiYamlHandler, {**args, "document": document}),
-        (r"/openapi\.json", OpenApiJsonHandler, {**args, "document": document}),
-        (r"/allowed", AllowedHandler, args),
-        (r"/admission/validate", ValidateHandler, args),
-        (r"/admission/imagepolicy", ImagePolicyHandler, args),
-        (r"/admission/gatekeeper", GatekeeperHandler, args),
-        (r"/admission/mutate", MutateHandler, args),
-        (r"/admission/gatekeeper/mutate", GatekeeperMutateHandler, args),
-    ]
+    args: dict[str, Any] = {"ctx": ctx}
     return tornado.web.Application(
-        routes,
+        [(route_pattern(h.route), h, args) for h in HANDLERS],
+        openapi_document=OpenApiDocument.load(),
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
         log_function=log_request,

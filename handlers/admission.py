@@ -1,4 +1,4 @@
-"""Kubernetes admission, built in (SPEC 4).
+"""Kubernetes admission, built in.
 
 - GET  /allowed?image=REF        one reference, for scripts
 - POST /admission/validate       ValidatingAdmissionWebhook, AdmissionReview v1
@@ -30,9 +30,9 @@ import structlog
 
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
-from handlers.images import image_json
+from handlers.images import entry_json
 from handlers.policy import Decision, decide, quote
-from handlers.workloads import ContainerImage, MalformedObject, container_images
+from handlers.workloads import Container, MalformedObject, pod_containers
 
 log = structlog.get_logger("imagelist.admission")
 
@@ -88,7 +88,7 @@ class AllowedHandler(AdmissionHandler):
         if not image:
             raise ApiError(400, "image parameter is required", {"parameter": "image"})
         decision = (await decide(self.ctx.storage, [image]))[image]
-        if decision.image is None:
+        if decision.reference is None:
             raise ApiError(400, decision.reason, {"parameter": "image"})
         # A question, not an admission: warn mode does not change the answer.
         self.count("allowed" if decision.allowed else "denied")
@@ -97,7 +97,7 @@ class AllowedHandler(AdmissionHandler):
                 "allowed": decision.allowed,
                 "image": decision.resolved,
                 "reason": decision.reason,
-                "entry": image_json(decision.entry) if decision.entry else None,
+                "entry": entry_json(decision.entry) if decision.entry else None,
                 # What /admission/mutate would rewrite it to, so a pipeline
                 # can deploy the pinned reference itself.
                 "pin": decision.pinned,
@@ -105,22 +105,25 @@ class AllowedHandler(AdmissionHandler):
         )
 
 
-def json_object(body: Any, what: str) -> dict[str, Any]:
+def _object(body: Any, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, f"{what} must be a JSON object")
     return body
 
 
-def check_type(body: dict[str, Any], api_versions: tuple[str, ...], kind: str) -> None:
-    if body.get("kind") != kind or body.get("apiVersion") not in api_versions:
+def _typed_body(body: Any, api_versions: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """The request body, when it is a JSON object of this kind and apiVersion."""
+    obj = _object(body, "the body")
+    if obj.get("kind") != kind or obj.get("apiVersion") not in api_versions:
         raise ApiError(
             400,
             f"expected a {kind} of apiVersion {' or '.join(api_versions)}",
-            {"apiVersion": str(body.get("apiVersion")), "kind": str(body.get("kind"))},
+            {"apiVersion": str(obj.get("apiVersion")), "kind": str(obj.get("kind"))},
         )
+    return obj
 
 
-def image_list(values: Any, field: str) -> list[str]:
+def _image_list(values: Any, field: str) -> list[str]:
     if not isinstance(values, list) or len(values) > MAX_KEYS:
         raise ApiError(400, f"{field} must be a list of at most {MAX_KEYS} image references")
     if not all(isinstance(v, str) for v in values):
@@ -141,11 +144,11 @@ class AdmissionRequest:
     object: dict[str, Any] | None
     old_object: dict[str, Any] | None
 
-    def images(self, old: bool = False) -> list[ContainerImage]:
-        """Every image the object (or the old object) would run."""
+    def containers(self, old: bool = False) -> list[Container]:
+        """Every container the object (or the old object) would run."""
         field, obj = ("oldObject", self.old_object) if old else ("object", self.object)
         try:
-            return container_images(self.group, self.kind, obj)
+            return pod_containers(self.group, self.kind, obj)
         except MalformedObject as exc:
             raise ApiError(400, f"malformed request.{field}: {exc}") from None
 
@@ -161,13 +164,12 @@ class AdmissionRequest:
 
 def admission_request(body: Any) -> AdmissionRequest:
     """The request of an AdmissionReview v1, checked; ApiError 400 if not one."""
-    review = json_object(body, "the body")
-    check_type(review, (ADMISSION_API,), "AdmissionReview")
-    request = json_object(review.get("request"), "request")
+    review = _typed_body(body, (ADMISSION_API,), "AdmissionReview")
+    request = _object(review.get("request"), "request")
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise ApiError(400, "request.uid must be a non-empty string")
-    kind = json_object(request.get("kind"), "request.kind")
+    kind = _object(request.get("kind"), "request.kind")
     group, kind_name = kind.get("group", ""), kind.get("kind")
     if not isinstance(group, str) or not isinstance(kind_name, str):
         raise ApiError(400, "request.kind must have string group and kind")
@@ -206,9 +208,11 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
         review = admission_request(self.json_body())
         uid = review.uid
         # Deleting never starts a container; other verbs run the new object.
-        images = [] if review.operation == "DELETE" else review.images()
-        decisions = await decide(self.ctx.storage, [c.image for c in images])
-        not_allowed = [(c, decisions[c.image]) for c in images if not decisions[c.image].allowed]
+        containers = [] if review.operation == "DELETE" else review.containers()
+        decisions = await decide(self.ctx.storage, [c.reference for c in containers])
+        not_allowed = [
+            (c, decisions[c.reference]) for c in containers if not decisions[c.reference].allowed
+        ]
         result = self.settle(list(decisions.values()))
         self.count(result)
         lines = [_denial_line(c, d) for c, d in not_allowed]
@@ -227,10 +231,10 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
         self.write_json(admission_review(response))
 
 
-def _denial_line(container: ContainerImage, decision: Decision) -> str:
+def _denial_line(container: Container, decision: Decision) -> str:
     who = container.location
-    if container.container:
-        who = f"container {quote(container.container)} ({container.location})"
+    if container.name:
+        who = f"container {quote(container.name)} ({container.location})"
     return f"{who}: image {decision.describe()}"
 
 
@@ -241,14 +245,13 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
     endpoint = "imagepolicy"
 
     async def post(self) -> None:
-        review = json_object(self.json_body(), "the body")
-        check_type(review, (IMAGEPOLICY_API,), "ImageReview")
-        spec = json_object(review.get("spec"), "spec")
+        review = _typed_body(self.json_body(), (IMAGEPOLICY_API,), "ImageReview")
+        spec = _object(review.get("spec"), "spec")
         containers = spec.get("containers")
         containers = [] if containers is None else containers
         if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
             raise ApiError(400, "spec.containers must be a list of objects")
-        images = image_list([c.get("image") for c in containers], "spec.containers[].image")
+        images = _image_list([c.get("image") for c in containers], "spec.containers[].image")
         decisions = await decide(self.ctx.storage, images)
         result = self.settle(list(decisions.values()))
         self.count(result)
@@ -272,10 +275,9 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
 def provider_request(body: Any) -> tuple[str, list[str]]:
     """A Gatekeeper ProviderRequest's apiVersion and keys; ApiError 400 if
     not one."""
-    body = json_object(body, "the body")
-    check_type(body, GATEKEEPER_APIS, "ProviderRequest")
-    request = json_object(body.get("request"), "request")
-    return body["apiVersion"], image_list(request.get("keys", []), "request.keys")
+    body = _typed_body(body, GATEKEEPER_APIS, "ProviderRequest")
+    request = _object(body.get("request"), "request")
+    return body["apiVersion"], _image_list(request.get("keys", []), "request.keys")
 
 
 def provider_response(

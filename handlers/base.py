@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from http.client import responses
 from typing import Any
 
 import orjson
 import structlog
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 from tornado.httputil import HTTPServerRequest
 
 from config.logging import event_writer
@@ -42,6 +44,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx.inflight += 1
         self.ctx.metrics.inflight.inc()
         self._counted = True
+        self._answer: tuple[BaseException, ApiError | None] | None = None
         sent = self.request.headers.get("X-Request-ID", "")
         self.request_id = sent if _REQUEST_ID.match(sent) else os.urandom(16).hex()
         self.set_header("X-Request-ID", self.request_id)
@@ -58,22 +61,44 @@ class BaseHandler(tornado.web.RequestHandler):
         return None
 
     def on_finish(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.ctx.inflight -= 1
-            self.ctx.metrics.inflight.dec()
-            self.ctx.metrics.observe_request(
-                self.route,
-                self.request.method or "",
-                self.get_status(),
-                time.perf_counter() - self.started,
-            )
+        self._release()
 
     def on_connection_close(self) -> None:
-        # Tornado's own version fails a streamed body's pending read; without
-        # it a request whose body never arrives stays in flight for ever.
+        # Tornado's own version fails a streamed body's pending read. A
+        # request whose connection closes before its response is finished
+        # never reaches on_finish: it is released here instead.
         super().on_connection_close()
-        self.on_finish()
+        self._release()
+
+    def _release(self) -> None:
+        """The request is over (finished, or its connection gone): count it
+        once, whichever of the two Tornado reports, or both."""
+        if not self._counted:
+            return
+        self._counted = False
+        self.ctx.inflight -= 1
+        self.ctx.metrics.inflight.dec()
+        self.ctx.metrics.observe_request(
+            self.route,
+            self.request.method or "",
+            self.get_status(),
+            time.perf_counter() - self.started,
+        )
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # Tornado's version answers with its own message, which quotes the
+        # raw bytes; this one says what is wrong in the client's terms.
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "the URL path is not valid UTF-8") from None
+
+    def connection(self) -> HTTP1Connection:
+        """The request's connection: Tornado's HTTPServer only makes HTTP/1 ones."""
+        connection = self.request.connection
+        if not isinstance(connection, HTTP1Connection):
+            raise TypeError(f"unexpected connection type {type(connection).__name__}")
+        return connection
 
     def query(self, name: str) -> str | None:
         """The last `name` query parameter, exactly as sent.
@@ -105,18 +130,29 @@ class BaseHandler(tornado.web.RequestHandler):
             if getattr(cls, m) is not getattr(tornado.web.RequestHandler, m)
         ]
 
+    def answer_for(self, exc: BaseException | None) -> ApiError | None:
+        """`map_exception(exc)`, worked out once per error: Tornado hands the
+        same error to log_exception and then to write_error."""
+        if exc is None:
+            return None
+        if self._answer is None or self._answer[0] is not exc:
+            self._answer = (exc, map_exception(exc))
+        return self._answer[1]
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        mapped = map_exception(exc)
+        answer = self.answer_for(exc)
         details: dict[str, object] | None = None
-        if mapped is not None:
-            status_code, message, details = mapped.status, mapped.message, mapped.details
-            for name, value in mapped.headers.items():
+        if answer is not None:
+            status_code, message, details = answer.status, answer.message, answer.details
+            for name, value in answer.headers.items():
                 self.set_header(name, value)
-        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code < 500:
+            # Tornado's own errors (a malformed request): its log_message is
+            # for the log, and may quote raw input; the client gets the reason.
+            message = responses.get(status_code, "client error")
         else:
-            message = self._reason if status_code < 500 else "internal error"
+            message = "internal error"
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
             message = f"method {self.request.method} not allowed here"
@@ -128,9 +164,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body))
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
-        mapped = map_exception(value)
-        if mapped is not None and mapped.expected:
-            if mapped.status >= 500:
+        answer = self.answer_for(value)
+        if answer is not None and answer.expected:
+            if answer.status >= 500:
                 log.warning("request_failed", request_id=self.request_id, error=str(value))
             return
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
@@ -198,7 +234,7 @@ class BodyHandler(BaseHandler):
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise self.too_large()
-        self.request.connection.set_max_body_size(limit * 16)
+        self.connection().set_max_body_size(limit * 16)
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)

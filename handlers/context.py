@@ -1,24 +1,21 @@
-"""Everything a handler needs, built once by main() and passed in."""
+"""Everything a handler needs, built once by the assembly and passed in."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from config.metrics import Metrics
 from config.options import Config
 from config.tokens import TokenRegistry
 from storage.base import Storage
-
-if TYPE_CHECKING:
-    from handlers.metrics import Metrics
 
 
 @dataclass
 class AppContext:
     config: Config
     storage: Storage
-    metrics: Metrics = field(default_factory=lambda: _new_metrics())
+    metrics: Metrics
     #: Entries per database page when streaming `GET /images`.
     list_chunk: int = 500
     #: Requests being served now; shutdown waits for this to reach zero.
@@ -28,16 +25,6 @@ class AppContext:
     #: Bearer tokens for writes; None when no --tokens-file (auth off).
     tokens: TokenRegistry | None = None
 
-    def __post_init__(self) -> None:
-        # Every app exports its store's pool, however it was assembled.
-        self.metrics.watch_storage(self.storage)
-
     def reload(self) -> None:
         for hook in self.reload_hooks:
             hook()
-
-
-def _new_metrics() -> Metrics:
-    from handlers.metrics import Metrics
-
-    return Metrics()

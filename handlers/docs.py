@@ -10,7 +10,6 @@ import orjson
 import yaml
 
 from handlers.base import BaseHandler
-from handlers.context import AppContext
 
 _CANDIDATES = (
     Path(__file__).resolve().parent.parent / "openapi.yaml",  # a checkout
@@ -35,9 +34,11 @@ class OpenApiDocument:
 class OpenApiYamlHandler(BaseHandler):
     route = "/openapi.yaml"
 
-    def initialize(self, ctx: AppContext, document: OpenApiDocument) -> None:
-        super().initialize(ctx)
-        self.document = document
+    @property
+    def document(self) -> OpenApiDocument:
+        # Loaded once by make_app() and kept in the application's settings.
+        document: OpenApiDocument = self.settings["openapi_document"]
+        return document
 
     def get(self) -> None:
         self.set_header("Content-Type", "application/yaml")

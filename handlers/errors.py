@@ -1,14 +1,14 @@
-"""The one place errors become HTTP responses."""
+"""The one error type handlers answer with, and the one mapping to it."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
 
 
 class ApiError(Exception):
-    """An error with a status and a message meant for the client."""
+    """What the client sees: a status, a message meant for it, optional
+    details and headers. `expected` is False for a failure that is a bug or
+    an unknown database error: it is logged with its traceback."""
 
     def __init__(
         self,
@@ -16,35 +16,31 @@ class ApiError(Exception):
         message: str,
         details: dict[str, object] | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        expected: bool = True,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
         self.headers = headers or {}
+        self.expected = expected
 
 
-@dataclass
-class Mapped:
-    status: int
-    message: str
-    details: dict[str, object] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    expected: bool = True  # False: a bug; log it with its traceback
+_RETRY = {"Retry-After": "1"}
 
 
-def map_exception(exc: BaseException | None) -> Mapped | None:
-    """Domain and API errors -> what the client sees; None for the rest."""
+def map_exception(exc: BaseException | None) -> ApiError | None:
+    """Domain errors and ApiErrors -> what the client sees; None for the rest
+    (Tornado's own HTTPErrors and bugs)."""
     if isinstance(exc, ApiError):
-        return Mapped(exc.status, exc.message, exc.details, exc.headers)
+        return exc
     if isinstance(exc, NotFound):
-        return Mapped(404, "image not found", {"id": str(exc)})
+        return ApiError(404, "image not found", {"id": str(exc)})
     if isinstance(exc, Invalid):
-        return Mapped(400, f"invalid request: {exc}")
+        return ApiError(400, str(exc), exc.details)
     if isinstance(exc, StorageUnavailable):
-        return Mapped(503, "database unavailable, try again later", headers={"Retry-After": "1"})
+        return ApiError(503, "database unavailable, try again later", headers=_RETRY)
     if isinstance(exc, StorageError):
-        return Mapped(
-            503, "database error, try again later", headers={"Retry-After": "1"}, expected=False
-        )
+        return ApiError(503, "database error, try again later", headers=_RETRY, expected=False)
     return None

@@ -11,26 +11,26 @@ from tornado.iostream import StreamClosedError
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
 from handlers.paging import decode_cursor, encode_cursor, parse_limit
-from handlers.validation import check_id, check_name, parse_image
+from handlers.validation import check_id, check_name, parse_entry
 from storage.base import position_of
 from storage.errors import StorageError
-from storage.model import DEFAULT_SORT, SORT_KEYS, Image, ListQuery, format_timestamp
+from storage.model import DEFAULT_SORT, SORT_KEYS, Entry, ListQuery, format_timestamp
 
 DEFAULT_PAGE = 100
 log = structlog.get_logger("imagelist.http")
 
 
-def image_json(image: Image) -> dict[str, Any]:
+def entry_json(entry: Entry) -> dict[str, Any]:
     return {
-        "id": image.id,
-        "name": image.name,
-        "tags": list(image.tags),
-        "created_at": format_timestamp(image.created_at),
-        "updated_at": format_timestamp(image.updated_at),
+        "id": entry.id,
+        "name": entry.name,
+        "tags": list(entry.tags),
+        "created_at": format_timestamp(entry.created_at),
+        "updated_at": format_timestamp(entry.updated_at),
     }
 
 
-class ImagesHandler(BodyHandler):
+class EntriesHandler(BodyHandler):
     route = "/images"
 
     def prepare(self) -> None:
@@ -71,7 +71,7 @@ class ImagesHandler(BodyHandler):
                 params["name"] = name
             link = "/images?" + urllib.parse.urlencode(params)
             self.set_header("Link", f'<{link}>; rel="next"')
-        self.write_json([image_json(i) for i in page])
+        self.write_json([entry_json(e) for e in page])
 
     async def _stream_all(self, sort: str, name: str | None) -> None:
         """The whole list (compatible), one database page at a time.
@@ -80,7 +80,7 @@ class ImagesHandler(BodyHandler):
         one is sent chunked, flushing after each page so memory stays flat.
         """
         chunk = self.ctx.list_chunk
-        sent_any = False
+        sent_any = flushed = False
         self.write(b"[")
         pages = self.ctx.storage.iter_json_pages(ListQuery(sort=sort, name=name, limit=chunk))
         try:
@@ -89,39 +89,39 @@ class ImagesHandler(BodyHandler):
                 sent_any = True
                 if page.count == chunk:
                     await self.flush()
+                    flushed = True
         except StreamClosedError:
             # The client hung up mid-list: nothing to answer, nothing wrong.
+            # Tornado finishes the request; on a closed stream that writes nothing.
             log.info("client_gone", request_id=self.request_id, path=self.request.path)
-            self._finished = True  # Tornado must not try to finish on a closed stream
-            self.on_finish()
             return
         except StorageError:
-            if not self._headers_written:
+            if not flushed:
                 raise
             # Headers are out: a JSON error can no longer be sent. Drop the
             # connection so the client sees a truncated response, not a
             # well-formed but incomplete list.
-            self.request.connection.close()
+            self.connection().close()
             raise
         self.finish(b"]")
 
     async def put(self) -> None:
         # authorize_write() already ran in prepare().
-        new = parse_image(self.json_body())
+        new = parse_entry(self.json_body())
         stored = await self.ctx.storage.put(new)
-        self.write_json(image_json(stored))
+        self.write_json(entry_json(stored))
 
 
-class ImageHandler(BaseHandler):
+class EntryHandler(BaseHandler):
     route = "/images/{id}"
 
-    async def get(self, image_id: str) -> None:
-        image = await self.ctx.storage.get(check_id(image_id))
-        self.write_json(image_json(image))
+    async def get(self, entry_id: str) -> None:
+        entry = await self.ctx.storage.get(check_id(entry_id))
+        self.write_json(entry_json(entry))
 
-    async def delete(self, image_id: str) -> None:
+    async def delete(self, entry_id: str) -> None:
         self.authorize_write()
-        await self.ctx.storage.delete(check_id(image_id))
+        await self.ctx.storage.delete(check_id(entry_id))
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()

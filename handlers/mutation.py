@@ -34,13 +34,13 @@ from handlers.admission import (
 )
 from handlers.base import BodyHandler
 from handlers.policy import Decision, decide, quote
-from handlers.workloads import ContainerImage, controller_owned
+from handlers.workloads import Container, controller_owned
 
 log = structlog.get_logger("imagelist.admission")
 
 
-def pinnable(review: AdmissionRequest) -> list[ContainerImage]:
-    """The images of a review that pinning may rewrite.
+def pinnable(review: AdmissionRequest) -> list[Container]:
+    """The containers of a review whose references pinning may rewrite.
 
     - Only CREATE and UPDATE run a new object.
     - A workload made by a controller (a Deployment's ReplicaSet, a
@@ -56,22 +56,39 @@ def pinnable(review: AdmissionRequest) -> list[ContainerImage]:
         return []
     if (review.group, review.kind) != ("", "Pod") and controller_owned(review.object):
         return []
-    images = review.images()
+    containers = review.containers()
     if review.operation == "UPDATE" and review.old_object is not None:
-        before = {c.pointer: c.image for c in review.images(old=True)}
-        images = [c for c in images if before.get(c.pointer) != c.image]
-    return images
+        before = {c.pointer: c.reference for c in review.containers(old=True)}
+        containers = [c for c in containers if before.get(c.pointer) != c.reference]
+    return containers
 
 
-def json_patch(pins: list[tuple[ContainerImage, Decision]]) -> str:
+def json_patch(pins: list[tuple[Container, Decision]]) -> str:
     """RFC 6902 JSON Patch replacing each image field, base64 as
     AdmissionReview wants it."""
     ops = [{"op": "replace", "path": c.pointer, "value": d.pinned} for c, d in pins]
     return base64.b64encode(orjson.dumps(ops)).decode("ascii")
 
 
+# Pins named in one log line: each is a few hundred bytes at most (quote()
+# bounds the image), so the line stays well inside what journald keeps
+# whole (48 KiB) however many containers an object has.
+MAX_LOGGED_PINS = 100
+
+
+def _log_pins(handler: AdmissionHandler, records: list[dict[str, Any]], **fields: Any) -> None:
+    log.info(
+        "admission_pinned",
+        endpoint=handler.endpoint,
+        request_id=handler.request_id,
+        pins=records[:MAX_LOGGED_PINS],
+        pins_total=len(records),
+        **fields,
+    )
+
+
 def _pin_record(decision: Decision, **where: str) -> dict[str, Any]:
-    return {**where, "image": quote(decision.reference), "digest": decision.pin}
+    return {**where, "image": quote(decision.written), "digest": decision.pin}
 
 
 class MutateHandler(AdmissionHandler, BodyHandler):
@@ -82,9 +99,10 @@ class MutateHandler(AdmissionHandler, BodyHandler):
 
     async def post(self) -> None:
         review = admission_request(self.json_body())
-        images = pinnable(review)
-        decisions = await decide(self.ctx.storage, [c.image for c in images])
-        pins = [(c, decisions[c.image]) for c in images if decisions[c.image].pin is not None]
+        containers = pinnable(review)
+        decisions = await decide(self.ctx.storage, [c.reference for c in containers])
+        pins = [(c, decisions[c.reference]) for c in containers]
+        pins = [(c, d) for c, d in pins if d.pin is not None]
         # A mutating webhook never denies: /admission/validate decides.
         self.count("allowed")
         response: dict[str, Any] = {"uid": review.uid, "allowed": True}
@@ -92,13 +110,8 @@ class MutateHandler(AdmissionHandler, BodyHandler):
             response["patchType"] = "JSONPatch"
             response["patch"] = json_patch(pins)
             self.ctx.metrics.admission_pins.labels(self.endpoint).inc(len(pins))
-            log.info(
-                "admission_pinned",
-                endpoint=self.endpoint,
-                request_id=self.request_id,
-                pins=[_pin_record(d, location=c.location) for c, d in pins],
-                **review.log_fields(),
-            )
+            records = [_pin_record(d, location=c.location) for c, d in pins]
+            _log_pins(self, records, **review.log_fields())
         self.write_json(admission_review(response))
 
 
@@ -120,12 +133,7 @@ class GatekeeperMutateHandler(AdmissionHandler, BodyHandler):
         if pinned:
             count = sum(1 for key in keys if decisions[key].pin is not None)
             self.ctx.metrics.admission_pins.labels(self.endpoint).inc(count)
-            log.info(
-                "admission_pinned",
-                endpoint=self.endpoint,
-                request_id=self.request_id,
-                pins=[_pin_record(d) for d in pinned],
-            )
+            _log_pins(self, [_pin_record(d) for d in pinned])
         # Gatekeeper mutates only with an idempotent provider: a pinned
         # reference answers itself.
         self.write_json(provider_response(api_version, items, idempotent=True))

@@ -33,24 +33,24 @@ def decode_cursor(cursor: str, sort: str) -> Position:
         raise invalid from None
     if not (isinstance(value, list) and len(value) == 3 and value[0] in SORT_KEYS):
         raise invalid
-    key, sort_value, image_id = value
+    key, sort_value, entry_id = value
     expect = str if key in ("id", "name") else int
     if not isinstance(sort_value, expect) or isinstance(sort_value, bool):
         raise invalid
-    if not isinstance(image_id, str) or not image_id or len(image_id) > 255:
+    if not isinstance(entry_id, str) or not entry_id or len(entry_id) > 255:
         raise invalid
     # The cursor reaches SQL: PostgreSQL refuses a NUL in any string (a 500
     # there, a 200 on SQLite). No stored value holds one. Nothing stricter:
     # rows from before today's validation must stay pageable.
-    if "\x00" in image_id or (expect is str and "\x00" in sort_value):
+    if "\x00" in entry_id or (isinstance(sort_value, str) and "\x00" in sort_value):
         raise invalid
     if key != sort:
         raise ApiError(
             400, f"cursor was made for sort={key}, not sort={sort}", {"parameter": "cursor"}
         )
-    if expect is int and not (_MIN_MICROS <= sort_value <= _MAX_MICROS):
+    if isinstance(sort_value, int) and not (_MIN_MICROS <= sort_value <= _MAX_MICROS):
         raise invalid
-    return Position(sort=key, value=sort_value, id=image_id)
+    return Position(sort=key, value=sort_value, id=entry_id)
 
 
 def parse_limit(raw: str) -> int:

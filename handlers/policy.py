@@ -11,9 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from storage.base import Storage
-from storage.model import Image
+from storage.model import Entry
 from storage.pinning import pin_digest, pinned
-from storage.reference import ImageRef, InvalidReference, parse_reference
+from storage.reference import InvalidReference, Reference, parse_reference
 
 # Longest slice of an invalid reference quoted back in messages and logs.
 _QUOTE_LIMIT = 100
@@ -21,9 +21,9 @@ _QUOTE_LIMIT = 100
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    reference: str  # as the caller wrote it
-    image: ImageRef | None  # None: not a valid reference
-    entry: Image | None  # the entry that allows it
+    written: str  # the reference as the caller wrote it
+    reference: Reference | None  # parsed; None: not a valid reference
+    entry: Entry | None  # the entry that allows it
     reason: str
     pin: str | None = None  # the digest to pin a tag reference to (storage.pinning)
 
@@ -34,17 +34,17 @@ class Decision:
     @property
     def resolved(self) -> str | None:
         """The reference as distribution's ParseDockerRef renders it."""
-        return None if self.image is None else str(self.image)
+        return None if self.reference is None else str(self.reference)
 
     @property
     def pinned(self) -> str | None:
         """The reference as written with the pinning digest, or None."""
-        return None if self.pin is None else pinned(self.reference, self.pin)
+        return None if self.pin is None else pinned(self.written, self.pin)
 
     def describe(self) -> str:
         """`<reference> (<resolved>): <reason>`, for denial lists."""
-        shown = quote(self.reference)
-        if self.resolved is not None and self.resolved != self.reference:
+        shown = quote(self.written)
+        if self.resolved is not None and self.resolved != self.written:
             shown = f"{shown} ({self.resolved})"
         return f"{shown}: {self.reason}"
 
@@ -57,40 +57,40 @@ def quote(text: str) -> str:
     return safe or '""'
 
 
-def _reason(image: ImageRef, entry: Image | None) -> str:
-    if image.digest is not None:
+def _reason(reference: Reference, entry: Entry | None) -> str:
+    if reference.digest is not None:
         if entry is None:
-            return f"no entry for {image.name} has digest {image.digest}"
-        return f"entry {entry.id} ({entry.name}) has digest {image.digest}"
+            return f"no entry for {reference.name} has digest {reference.digest}"
+        return f"entry {entry.id} ({entry.name}) has digest {reference.digest}"
     if entry is None:
-        return f"no entry for {image.name} lists tag {image.tag}"
-    return f"entry {entry.id} ({entry.name}) lists tag {image.tag}"
+        return f"no entry for {reference.name} lists tag {reference.tag}"
+    return f"entry {entry.id} ({entry.name}) lists tag {reference.tag}"
 
 
-async def decide(storage: Storage, references: Iterable[str]) -> dict[str, Decision]:
-    """A decision for each distinct reference, from one storage query."""
-    parsed: dict[str, ImageRef | InvalidReference] = {}
-    for reference in references:
-        if reference not in parsed:
+async def decide(storage: Storage, written: Iterable[str]) -> dict[str, Decision]:
+    """A decision for each distinct reference as written, from one storage query."""
+    parsed: dict[str, Reference | InvalidReference] = {}
+    for text in written:
+        if text not in parsed:
             try:
-                parsed[reference] = parse_reference(reference)
+                parsed[text] = parse_reference(text)
             except InvalidReference as exc:
-                parsed[reference] = exc
-    lookups = list({p for p in parsed.values() if isinstance(p, ImageRef)})
+                parsed[text] = exc
+    lookups = list({p for p in parsed.values() if isinstance(p, Reference)})
     found = dict(zip(lookups, await storage.match(lookups), strict=True)) if lookups else {}
     decisions = {}
-    for reference, image in parsed.items():
-        if isinstance(image, InvalidReference):
-            decisions[reference] = Decision(
-                reference, None, None, f"invalid image reference: {image}"
-            )
+    for text, reference in parsed.items():
+        if isinstance(reference, InvalidReference):
+            decisions[text] = Decision(text, None, None, f"invalid image reference: {reference}")
         else:
-            decisions[reference] = decision(reference, image, found[image])
+            decisions[text] = decision(text, reference, found[reference])
     return decisions
 
 
-def decision(reference: str, image: ImageRef, allowing: Sequence[Image]) -> Decision:
+def decision(written: str, reference: Reference, allowing: Sequence[Entry]) -> Decision:
     """The decision on a valid reference from the entries that allow it,
     newest first (Storage.match's answer)."""
     entry = allowing[0] if allowing else None
-    return Decision(reference, image, entry, _reason(image, entry), pin_digest(image, allowing))
+    return Decision(
+        written, reference, entry, _reason(reference, entry), pin_digest(reference, allowing)
+    )

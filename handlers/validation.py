@@ -1,6 +1,7 @@
-"""Validation of request input, independent of HTTP (table-tested).
+"""Validation of request input, independent of HTTP (table-tested): bad input
+raises the domain error `Invalid`, which handlers answer with a 400.
 
-Rules (SPEC 1): ids are printable, no whitespace, 1-255 chars; names are
+Rules (README, "API"): ids are printable, no whitespace, 1-255 chars; names are
 printable, 1-255 chars; tags are strings like ids, order kept, duplicates
 dropped. "Printable" excludes NUL and other control characters, line
 separators and lone surrogates (which neither backend stores faithfully).
@@ -13,8 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from handlers.errors import ApiError
-from storage.model import NewImage
+from storage.errors import Invalid
+from storage.model import NewEntry
 
 MAX_LEN = 255
 MAX_TAGS = 1000
@@ -27,16 +28,16 @@ _NAME = re.compile(NAME_PATTERN)
 
 def _check_string(field: str, value: Any, *, spaces: bool) -> str:
     if not isinstance(value, str):
-        raise ApiError(400, f"{field} must be a string", {"field": field})
+        raise Invalid(f"{field} must be a string", {"field": field})
     if not value:
-        raise ApiError(400, f"{field} must not be empty", {"field": field})
+        raise Invalid(f"{field} must not be empty", {"field": field})
     if len(value) > MAX_LEN:
-        raise ApiError(400, f"{field} is longer than {MAX_LEN} characters", {"field": field})
+        raise Invalid(f"{field} is longer than {MAX_LEN} characters", {"field": field})
     # Lone surrogates cannot arrive in valid JSON or UTF-8; refuse them here
     # too, so a caller bypassing the parsers cannot store one.
     if not (_NAME if spaces else _ID).fullmatch(value) or not _encodable(value):
         what = "non-printable" if spaces else "non-printable or whitespace"
-        raise ApiError(400, f"{field} contains {what} characters", {"field": field})
+        raise Invalid(f"{field} contains {what} characters", {"field": field})
     return value
 
 
@@ -60,23 +61,23 @@ def check_tags(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise ApiError(400, "tags must be an array of strings", {"field": "tags"})
+        raise Invalid("tags must be an array of strings", {"field": "tags"})
     if len(value) > MAX_TAGS:
-        raise ApiError(400, f"tags has more than {MAX_TAGS} entries", {"field": "tags"})
+        raise Invalid(f"tags has more than {MAX_TAGS} entries", {"field": "tags"})
     seen: dict[str, None] = {}
     for i, tag in enumerate(value):
         seen.setdefault(_check_string(f"tags[{i}]", tag, spaces=False), None)
     return tuple(seen)
 
 
-def parse_image(body: Any) -> NewImage:
-    """A PUT /images body -> NewImage. Unknown fields are ignored, as the
+def parse_entry(body: Any) -> NewEntry:
+    """A PUT /images body -> NewEntry. Unknown fields are ignored, as the
     old service ignored them (and the server-set timestamps)."""
     if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object with id, name and tags")
+        raise Invalid("body must be a JSON object with id, name and tags")
     for required in ("id", "name"):
         if required not in body:
-            raise ApiError(400, f"{required} is required", {"field": required})
-    return NewImage(
+            raise Invalid(f"{required} is required", {"field": required})
+    return NewEntry(
         id=check_id(body["id"]), name=check_name(body["name"]), tags=check_tags(body.get("tags"))
     )

@@ -38,15 +38,11 @@ class MalformedObject(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerImage:
+class Container:
     location: str  # e.g. spec.template.spec.initContainers[0]
-    container: str  # the container's name ("" when it has none)
-    image: str
+    name: str  # the container's name ("" when it has none)
+    reference: str  # its image, as written
     pointer: str  # JSON Pointer to the image field, e.g. /spec/template/spec/containers/0/image
-
-
-def has_pod_spec(group: str, kind: str) -> bool:
-    return (group, kind) in POD_SPEC_PATHS
 
 
 def controller_owned(obj: Any) -> bool:
@@ -59,8 +55,8 @@ def controller_owned(obj: Any) -> bool:
     return any(isinstance(o, dict) and o.get("controller") is True for o in owners)
 
 
-def container_images(group: str, kind: str, obj: Any) -> list[ContainerImage]:
-    """Every image the object would run, in spec order; [] for kinds that
+def pod_containers(group: str, kind: str, obj: Any) -> list[Container]:
+    """Every container the object would run, in spec order; [] for kinds that
     carry no pod spec. A container without an image names nothing to check
     (the API server rejects such a Pod itself)."""
     path = POD_SPEC_PATHS.get((group, kind))
@@ -96,7 +92,7 @@ def container_images(group: str, kind: str, obj: Any) -> list[ContainerImage]:
                 raise MalformedObject(f"{kind} {location}.image is not a string")
             name = container.get("name")
             found.append(
-                ContainerImage(
+                Container(
                     location,
                     name if isinstance(name, str) else "",
                     image,

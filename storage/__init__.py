@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from storage.base import PoolStats, QueryObserver, Storage
 from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
-from storage.model import Image, ListQuery, NewImage, Position
+from storage.model import Entry, ListQuery, NewEntry, Position
 
 __all__ = [
-    "Image",
+    "Entry",
     "Invalid",
     "ListQuery",
-    "NewImage",
+    "NewEntry",
     "NotFound",
     "PoolStats",
     "Position",

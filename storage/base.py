@@ -7,19 +7,22 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
 from storage.errors import NotFound
-from storage.model import Image, JsonPage, ListQuery, NewImage, Position, to_micros
-from storage.reference import ImageRef, normalize_name
+from storage.model import Entry, JsonPage, ListQuery, NewEntry, Position, to_micros
+from storage.reference import Reference, normalize_name
+from storage.sql import Statements, list_key, list_params
 
 log = logging.getLogger("imagelist.storage")
 
 T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S", bound="Storage")
 
 #: Told about every storage operation: (operation, seconds, ok). Metrics hang
 #: off this so that storage stays free of prometheus and tornado.
@@ -40,13 +43,15 @@ class PoolStats:
     waits: int
 
 
-def observed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def observed(
+    fn: Callable[Concatenate[S, P], Awaitable[T]],
+) -> Callable[Concatenate[S, P], Awaitable[T]]:
     """Time a Storage method and report it to the store's observer. NotFound
     is an answer, not a failure; every other exception counts as one."""
     operation = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: Storage, *args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         started = time.perf_counter()
         ok = False
         try:
@@ -63,13 +68,24 @@ def observed(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+Row = tuple[Any, ...]
+
+
 class Storage(abc.ABC):
-    """An image store. Every method raises only `storage.errors` types."""
+    """A store of entries. Every method raises only `storage.errors` types.
+
+    The operations are written once here, over a few primitives each
+    backend implements for its driver (`_fetch_all`, `_fetch_one`,
+    `_execute`, `_upsert`, `_to_entry`) and its SQL (`statements`).
+    """
 
     #: Short name for logs and metrics ("postgres" or "sqlite").
     kind: str = ""
     #: Optional callback told about every operation (see `observed`).
     observer: QueryObserver | None = None
+    statements: Statements
+
+    # -- lifecycle -----------------------------------------------------------
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -80,37 +96,82 @@ class Storage(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def ping(self) -> None:
-        """Return when the database answers a query, else StorageUnavailable."""
-
-    @abc.abstractmethod
-    async def get(self, image_id: str) -> Image: ...
-
-    @abc.abstractmethod
-    async def put(self, new: NewImage) -> Image:
-        """Create, or update tags (only) of an existing id; return the stored row."""
-
-    @abc.abstractmethod
-    async def delete(self, image_id: str) -> None:
-        """Remove the id; a missing id is not an error."""
-
-    @abc.abstractmethod
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        """At most `query.limit` entries in API order, strictly after `query.after`."""
-
-    @abc.abstractmethod
-    async def list_json(self, query: ListQuery) -> JsonPage:
-        """`list_page`, rendered by the database as the API's JSON objects."""
-
-    @abc.abstractmethod
-    async def count(self) -> int: ...
-
     def pool_stats(self) -> PoolStats:
         """The connection pool now; cheap and synchronous (read at scrape time)."""
-        return PoolStats(size=0, in_use=0, max_size=0, waits=0)
+
+    # -- per-driver primitives ------------------------------------------------
 
     @abc.abstractmethod
-    async def match(self, refs: Sequence[ImageRef]) -> list[tuple[Image, ...]]:
+    async def _fetch_all(self, sql: str, params: Mapping[str, object]) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def _fetch_one(self, sql: str, params: Mapping[str, object]) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def _execute(self, sql: str, params: Mapping[str, object]) -> None: ...
+
+    @abc.abstractmethod
+    async def _upsert(self, new: NewEntry) -> Row:
+        """Insert `new`, or set the tags of its existing id; the stored row."""
+
+    @abc.abstractmethod
+    def _to_entry(self, row: Row) -> Entry:
+        """An entry from the columns `storage.sql.SELECT_COLUMNS` names."""
+
+    @abc.abstractmethod
+    def _match_params(self, refs: Sequence[Reference]) -> dict[str, object]:
+        """The references, as the backend's `statements.match` takes them."""
+
+    def _list_params(self, query: ListQuery) -> dict[str, object]:
+        """Bound parameters of a page query (a backend may convert the keyset value)."""
+        return list_params(query)
+
+    # -- the operations --------------------------------------------------------
+
+    @observed
+    async def ping(self) -> None:
+        """Return when the database answers a query, else StorageUnavailable."""
+        await self._fetch_one(self.statements.ping, {})
+
+    @observed
+    async def get(self, entry_id: str) -> Entry:
+        row = await self._fetch_one(self.statements.get, {"id": entry_id})
+        if row is None:
+            raise NotFound(entry_id)
+        return self._to_entry(row)
+
+    @observed
+    async def put(self, new: NewEntry) -> Entry:
+        """Create, or update tags (only) of an existing id; return the stored row."""
+        stored = self._to_entry(await self._upsert(new))
+        warn_if_unmatchable(stored)
+        return stored
+
+    @observed
+    async def delete(self, entry_id: str) -> None:
+        """Remove the id; a missing id is not an error."""
+        await self._execute(self.statements.delete, {"id": entry_id})
+
+    @observed
+    async def count(self) -> int:
+        row = await self._fetch_one(self.statements.count, {})
+        return int(row[0]) if row is not None else 0
+
+    @observed
+    async def list_page(self, query: ListQuery) -> list[Entry]:
+        """At most `query.limit` entries in API order, strictly after `query.after`."""
+        sql = self.statements.list[list_key(query)]
+        return [self._to_entry(r) for r in await self._fetch_all(sql, self._list_params(query))]
+
+    @observed
+    async def list_json(self, query: ListQuery) -> JsonPage:
+        """`list_page`, rendered by the database as the API's JSON objects."""
+        sql = self.statements.list_json[list_key(query)]
+        rows = await self._fetch_all(sql, self._list_params(query))
+        return json_page(query.sort, [r[0] for r in rows])
+
+    @observed
+    async def match(self, refs: Sequence[Reference]) -> list[tuple[Entry, ...]]:
         """For each reference, the entries that allow it, newest first (by
         `updated_at`, then the greatest id, the same on both backends); ()
         when none does. One indexed query whatever the number of references.
@@ -124,6 +185,12 @@ class Storage(abc.ABC):
         the rest include every entry storage.pinning.pin_digest could
         choose (the newest repo-digest id of each spelling of a repository).
         """
+        found: list[list[Entry]] = [[] for _ in refs]
+        if refs:
+            # Rows come in answer order: by reference, newest first.
+            for row in await self._fetch_all(self.statements.match, self._match_params(refs)):
+                found[row[0]].append(self._to_entry(row[1:]))
+        return [tuple(entries) for entries in found]
 
     async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
         """Every matching entry as JSON text, one bounded page at a time:
@@ -145,14 +212,6 @@ class Storage(abc.ABC):
             after = page.last
 
 
-def grouped_matches(count: int, rows: Iterable[tuple[int, Image]]) -> list[tuple[Image, ...]]:
-    """`match`'s answer from (reference index, entry) rows in answer order."""
-    found: list[list[Image]] = [[] for _ in range(count)]
-    for i, image in rows:
-        found[i].append(image)
-    return [tuple(entries) for entries in found]
-
-
 def json_page(sort: str, objects: list[str]) -> JsonPage:
     """A JsonPage from the database's JSON text of each entry; the keyset
     position is read back from the last one."""
@@ -169,18 +228,20 @@ def json_page(sort: str, objects: list[str]) -> JsonPage:
     )
 
 
-def warn_if_unmatchable(image: Image) -> None:
+def warn_if_unmatchable(entry: Entry) -> None:
     """Old clients may store any name; one that is not a repository name is
     kept, but it can never allow an image, which its owner should learn."""
-    if normalize_name(image.name) is None:
+    if normalize_name(entry.name) is None:
         log.warning(
-            "entry %r has name %r, which is not a repository name: "
-            "it will never match an admission decision",
-            image.id,
-            image.name,
+            "unmatchable_entry",
+            extra={
+                "entry_id": entry.id,
+                "entry_name": entry.name,
+                "effect": "its name is not a repository name: it never allows an image",
+            },
         )
 
 
-def position_of(sort: str, image: Image) -> Position:
-    """The keyset position just past `image` in `sort` order."""
-    return Position(sort=sort, value=image.sort_value(sort), id=image.id)
+def position_of(sort: str, entry: Entry) -> Position:
+    """The keyset position just past `entry` in `sort` order."""
+    return Position(sort=sort, value=entry.sort_value(sort), id=entry.id)

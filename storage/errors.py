@@ -1,8 +1,10 @@
-"""Domain errors raised by every storage backend.
-
-Handlers map these to HTTP in one place (handlers/base.py); nothing above the
-storage layer ever sees a psycopg2 or sqlite3 exception.
+"""Domain errors: raised by every storage backend, and by request
+validation (`Invalid`). handlers/errors.py maps them to HTTP, the one place
+that does; nothing above the storage layer ever sees a psycopg2 or sqlite3
+exception.
 """
+
+from __future__ import annotations
 
 
 class StorageError(Exception):
@@ -10,11 +12,16 @@ class StorageError(Exception):
 
 
 class NotFound(StorageError):
-    """The requested image id does not exist."""
+    """The requested entry id does not exist."""
 
 
 class Invalid(StorageError):
-    """The request is well-formed JSON but not acceptable to the store."""
+    """Input that cannot be stored: the message says why, for the client;
+    `details` names the field or parameter."""
+
+    def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class StorageUnavailable(StorageError):

@@ -12,14 +12,14 @@ DEFAULT_SORT = "updated_at"
 
 
 @dataclass(frozen=True, slots=True)
-class NewImage:
+class NewEntry:
     id: str
     name: str
     tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
-class Image:
+class Entry:
     id: str
     name: str
     tags: tuple[str, ...]
@@ -76,7 +76,7 @@ def from_micros(us: int) -> dt.datetime:
 
 
 def format_timestamp(ts: dt.datetime) -> str:
-    """RFC 3339, UTC, always six fractional digits, `Z` suffix (SPEC 1)."""
+    """RFC 3339, UTC, always six fractional digits, `Z` suffix, as the API shows them."""
     # isoformat is several times faster than strftime; two per entry add up
     # in a list of thousands.
     if ts.tzinfo is not dt.UTC:

@@ -18,11 +18,11 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Protocol
 
-from storage.reference import ImageRef, InvalidReference, parse_reference
+from storage.reference import InvalidReference, Reference, parse_reference
 
 
 class PinCandidate(Protocol):
-    """What pinning reads of an entry (storage.model.Image has it)."""
+    """What pinning reads of an entry (storage.model.Entry has it)."""
 
     @property
     def id(self) -> str: ...
@@ -31,19 +31,19 @@ class PinCandidate(Protocol):
     def updated_at(self) -> dt.datetime: ...
 
 
-def repo_digest(image_id: str) -> ImageRef | None:
+def repo_digest(entry_id: str) -> Reference | None:
     """The (normalized repository, digest) an id names when it is a repo
     digest, else None (bare hex, `sha256:<hex>`, short ids, junk)."""
-    if "@" not in image_id:
+    if "@" not in entry_id:
         return None
     try:
-        ref = parse_reference(image_id)
+        ref = parse_reference(entry_id)
     except InvalidReference:
         return None
     return ref if ref.digest is not None else None
 
 
-def pin_digest(ref: ImageRef, allowing: Iterable[PinCandidate]) -> str | None:
+def pin_digest(ref: Reference, allowing: Iterable[PinCandidate]) -> str | None:
     """The digest that `ref` should be pinned to, or None.
 
     `allowing` are the entries that allow `ref` (any order; more entries of
@@ -66,7 +66,7 @@ def pin_digest(ref: ImageRef, allowing: Iterable[PinCandidate]) -> str | None:
     return digest
 
 
-def pinned(reference: str, digest: str) -> str:
+def pinned(written: str, digest: str) -> str:
     """The reference as the caller wrote it, with the digest appended: the
     tag stays for people to read; the runtime pulls by digest."""
-    return f"{reference}@{digest}"
+    return f"{written}@{digest}"

@@ -1,10 +1,11 @@
 """PostgreSQL backend on an aiopg pool.
 
-Failure handling (SPEC 5): the pool is created lazily and re-created after
+Failure handling: the pool is created lazily and re-created after
 connection failures, so the daemon starts and keeps serving 503s while the
 database is down and recovers by itself. Connect and query times are
 bounded. Multi-host DSNs are followed host by host here, because aiopg
-cannot follow libpq's own host fallback (see STYLE.md).
+cannot follow libpq's own host fallback (with the first host down it
+watches the socket libpq already gave up on).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import aiopg
@@ -22,26 +23,12 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import (
-    PoolStats,
-    QueryObserver,
-    Storage,
-    grouped_matches,
-    json_page,
-    observed,
-    warn_if_unmatchable,
-)
-from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
-from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros
-from storage.reference import ImageRef, reference_keys
-from storage.sql import (
-    SELECT_COLUMNS,
-    all_list_sql,
-    list_key,
-    list_params,
-    postgres_entry_json,
-    write_params,
-)
+from storage.base import PoolStats, QueryObserver, Row, Storage
+from storage.errors import Invalid, StorageError, StorageUnavailable
+from storage.migrations import POSTGRES, KeyBackfill
+from storage.model import Entry, ListQuery, NewEntry, from_micros
+from storage.reference import Reference
+from storage.sql import SELECT_COLUMNS, backend_statements, list_params, pyformat, write_params
 
 log = logging.getLogger("imagelist.storage")
 T = TypeVar("T")
@@ -56,85 +43,29 @@ MIGRATION_TIMEOUT = 3600.0
 # Serialises schema changes across every instance sharing the database.
 MIGRATION_LOCK_KEY = 0x696D676C  # "imgl"
 
-REFERENCE_KEYS_SQL = """
-ALTER TABLE images ADD COLUMN IF NOT EXISTS norm_name text COLLATE "C";
-ALTER TABLE images ADD COLUMN IF NOT EXISTS digest text COLLATE "C";
-CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest);
-"""
-BACKFILL_PAGE_SQL = "SELECT id, name FROM images WHERE id > %(after)s ORDER BY id LIMIT %(limit)s"
-BACKFILL_SET_SQL = """
+KEYS_PAGE_SQL = "SELECT id, name FROM images WHERE id > %(after)s ORDER BY id LIMIT %(limit)s"
+SET_KEYS_SQL = """
 UPDATE images SET norm_name = k.norm_name, digest = k.digest
 FROM unnest(%(ids)s::text[], %(names)s::text[], %(digests)s::text[]) AS k(id, norm_name, digest)
 WHERE images.id = k.id
 """
-BACKFILL_PAGE = 1000
 
 
-async def add_reference_keys(cur: Any) -> None:
-    """Migration 2: each entry's normalized name and digest, indexed, so an
-    admission decision is one index lookup. The normalization is the Python
-    reference grammar, so existing rows are backfilled from here, page by
-    page in id order (inside the migration transaction and lock)."""
-    await cur.execute(REFERENCE_KEYS_SQL)
-    after, unmatchable = "", 0
-    while True:
-        await cur.execute(BACKFILL_PAGE_SQL, {"after": after, "limit": BACKFILL_PAGE})
-        rows = await cur.fetchall()
-        if not rows:
-            break
-        keys = [reference_keys(name, image_id) for image_id, name in rows]
-        unmatchable += sum(1 for norm, _ in keys if norm is None)
+async def recompute_keys(cur: Any) -> None:
+    """Every entry's reference keys, page by page in id order (inside the
+    migration's transaction and lock)."""
+    backfill = KeyBackfill()
+
+    async def page() -> list[tuple[str, str]]:
+        await cur.execute(KEYS_PAGE_SQL, backfill.page_params())
+        return list(await cur.fetchall())
+
+    while keys := backfill.plan(await page()):
+        ids, names, digests = zip(*keys, strict=True)
         await cur.execute(
-            BACKFILL_SET_SQL,
-            {
-                "ids": [image_id for image_id, _ in rows],
-                "names": [norm for norm, _ in keys],
-                "digests": [digest for _, digest in keys],
-            },
-        )
-        after = rows[-1][0]
-    if unmatchable:
-        log.warning(
-            "%d stored entries have a name that is not a repository name; "
-            "they will never match an admission decision",
-            unmatchable,
+            SET_KEYS_SQL, {"ids": list(ids), "names": list(names), "digests": list(digests)}
         )
 
-
-# Migration 3: each entry's API JSON, kept by a trigger on every write (by
-# any instance, any version, or an admin's psql) and backfilled here. Reading
-# it back makes a list page a plain index scan: building the JSON at read
-# time cost PostgreSQL more CPU than the daemon spent serving the list.
-ENTRY_JSON_SQL = f"""
-ALTER TABLE images ADD COLUMN IF NOT EXISTS entry_json text;
-CREATE OR REPLACE FUNCTION imagelist_entry_json() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.entry_json := {postgres_entry_json("NEW.")};
-    RETURN NEW;
-END
-$$;
-DROP TRIGGER IF EXISTS images_entry_json ON images;
-CREATE TRIGGER images_entry_json BEFORE INSERT OR UPDATE ON images
-    FOR EACH ROW EXECUTE FUNCTION imagelist_entry_json();
-UPDATE images SET entry_json = NULL;
-"""
-
-MIGRATIONS: tuple[str | Callable[[Any], Awaitable[None]], ...] = (
-    """
-    CREATE TABLE IF NOT EXISTS images (
-        id          text COLLATE "C" PRIMARY KEY,
-        name        text COLLATE "C" NOT NULL,
-        tags        text[] NOT NULL DEFAULT '{}',
-        created_at  timestamptz NOT NULL,
-        updated_at  timestamptz NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS images_updated_at ON images (updated_at, id);
-    CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
-    CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
-    """,
-    add_reference_keys,
-    ENTRY_JSON_SQL,
-)
 
 SCHEMA_TABLE_SQL = "CREATE TABLE IF NOT EXISTS imagelist_schema (version integer NOT NULL)"
 LOCK_SQL = "SELECT pg_advisory_xact_lock(%(key)s)"
@@ -149,12 +80,6 @@ ON CONFLICT (id) DO UPDATE SET tags = EXCLUDED.tags,
                                updated_at = greatest(now(), images.updated_at)
 RETURNING {SELECT_COLUMNS}
 """
-GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = %(id)s"
-DELETE_SQL = "DELETE FROM images WHERE id = %(id)s"
-COUNT_SQL = "SELECT count(*) FROM images"
-PING_SQL = "SELECT 1"
-LIST_SQL = all_list_sql(lambda name: f"%({name})s")
-LIST_JSON_SQL = all_list_sql(lambda name: f"%({name})s", "entry_json")
 # For each reference, the entries that allow it, newest first: the newest
 # (the decision) and, for a tag reference, every entry that could pin it
 # (storage.pinning): the newest repo-digest id of each repository spelling
@@ -222,22 +147,9 @@ def _query_canceled() -> bool:
     return task is not None and not task.cancelling()
 
 
-def _to_utc(ts: dt.datetime) -> dt.datetime:
-    return ts.astimezone(dt.UTC)
-
-
-def _row_to_image(row: tuple) -> Image:
-    return Image(
-        id=row[0],
-        name=row[1],
-        tags=tuple(row[2] or ()),
-        created_at=_to_utc(row[3]),
-        updated_at=_to_utc(row[4]),
-    )
-
-
 class PostgresStorage(Storage):
     kind = "postgres"
+    statements = backend_statements(pyformat, entry_json="entry_json", match=MATCH_SQL)
 
     def __init__(
         self,
@@ -268,7 +180,10 @@ class PostgresStorage(Storage):
         try:
             await self._get_pool()
         except StorageUnavailable as exc:
-            log.warning("PostgreSQL unavailable at start-up, will retry: %s", exc)
+            log.warning(
+                "storage_unavailable",
+                extra={"storage": self.kind, "error": str(exc), "effect": "retrying on use"},
+            )
         except psycopg2.Error as exc:
             # Reached, but refused the schema (permission denied, ...): a
             # StorageError, which the daemon reports and exits on.
@@ -284,12 +199,13 @@ class PostgresStorage(Storage):
             pool.close()
             try:
                 await asyncio.wait_for(pool.wait_closed(), self._timeout)
-            except (TimeoutError, *_CONNECTION_ERRORS):
+            except _CONNECTION_ERRORS:  # TimeoutError among them
                 pool.terminate()
 
     async def _get_pool(self) -> aiopg.Pool:
-        if self._pool is not None:
-            return self._pool
+        pool = self._pool  # (a local: another task may set it while this one waits)
+        if pool is not None:
+            return pool
         # Fail fast while the database is known to be down, instead of every
         # request queueing behind a fresh connection attempt.
         if time.monotonic() - self._last_failure < self._retry_interval:
@@ -363,18 +279,17 @@ class PostgresStorage(Storage):
             await cur.execute(SCHEMA_TABLE_SQL)
             await cur.execute(VERSION_SQL)
             (version,) = await cur.fetchone()
-            if version < len(MIGRATIONS):
+            if version < len(POSTGRES):
                 # A migration rewrites every row: --db-timeout bounds queries,
                 # not this (it would be cut off and retried for ever). The
                 # lock wait above stays bounded.
                 await cur.execute("SET LOCAL statement_timeout = 0")
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                if isinstance(script, str):
-                    await cur.execute(script)
-                else:
-                    await script(cur)
+            for number, migration in enumerate(POSTGRES[version:], start=version + 1):
+                await cur.execute(migration.sql)
+                if migration.recompute_keys:
+                    await recompute_keys(cur)
                 await cur.execute(SET_VERSION_SQL, {"v": number})
-                log.info("applied schema migration %d", number)
+                log.info("schema_migrated", extra={"version": number})
             await cur.execute("COMMIT")
         except BaseException:
             if not cur.connection.closed:
@@ -433,7 +348,7 @@ class PostgresStorage(Storage):
                     )
                     raise StorageUnavailable(self._last_error) from exc
             except psycopg2.DataError as exc:
-                raise Invalid(str(exc).strip()) from exc
+                raise Invalid(f"invalid request: {str(exc).strip()}") from exc
             except psycopg2.Error as exc:
                 raise StorageError(f"database error: {exc.pgerror or exc}") from exc
         raise AssertionError("unreachable")
@@ -445,94 +360,58 @@ class PostgresStorage(Storage):
         return PoolStats(
             size=pool.size,
             in_use=pool.size - pool.freesize,
-            max_size=pool.maxsize,
+            max_size=pool.maxsize or self._pool_size,
             waits=self._waits,
         )
 
-    # -- the Storage interface -------------------------------------------
+    # -- the driver primitives ------------------------------------------------
 
-    @observed
-    async def ping(self) -> None:
-        async def op(cur: Any) -> None:
-            await cur.execute(PING_SQL)
-            await cur.fetchone()
-
-        await self._run(op)
-
-    @observed
-    async def get(self, image_id: str) -> Image:
-        async def op(cur: Any) -> tuple | None:
-            await cur.execute(GET_SQL, {"id": image_id})
-            return await cur.fetchone()
-
-        row = await self._run(op)
-        if row is None:
-            raise NotFound(image_id)
-        return _row_to_image(row)
-
-    @observed
-    async def put(self, new: NewImage) -> Image:
-        params = {**write_params(new), "tags": list(new.tags)}
-
-        async def op(cur: Any) -> tuple:
-            await cur.execute(UPSERT_SQL, params)
-            return await cur.fetchone()
-
-        stored = _row_to_image(await self._run(op))
-        warn_if_unmatchable(stored)
-        return stored
-
-    @observed
-    async def delete(self, image_id: str) -> None:
-        async def op(cur: Any) -> None:
-            await cur.execute(DELETE_SQL, {"id": image_id})
-
-        await self._run(op)
-
-    async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
-        timestamp = query.sort in ("created_at", "updated_at")
-        params = list_params(query, lambda v: from_micros(int(v)) if timestamp else v)
-
-        async def op(cur: Any) -> list[tuple]:
+    async def _fetch_all(self, sql: str, params: Mapping[str, object]) -> list[Row]:
+        async def op(cur: Any) -> list[Row]:
             await cur.execute(sql, params)
-            return await cur.fetchall()
+            return list(await cur.fetchall())
 
         return await self._run(op)
 
-    @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[list_key(query)]
-        return [_row_to_image(r) for r in await self._list_rows(sql, query)]
-
-    @observed
-    async def list_json(self, query: ListQuery) -> JsonPage:
-        sql = LIST_JSON_SQL[list_key(query)]
-        return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
-
-    @observed
-    async def count(self) -> int:
-        async def op(cur: Any) -> int:
-            await cur.execute(COUNT_SQL)
-            (n,) = await cur.fetchone()
-            return int(n)
+    async def _fetch_one(self, sql: str, params: Mapping[str, object]) -> Row | None:
+        async def op(cur: Any) -> Row | None:
+            await cur.execute(sql, params)
+            row: Row | None = await cur.fetchone()
+            return row
 
         return await self._run(op)
 
-    @observed
-    async def match(self, refs: Sequence[ImageRef]) -> list[tuple[Image, ...]]:
-        if not refs:
-            return []
-        params = {
+    async def _execute(self, sql: str, params: Mapping[str, object]) -> None:
+        async def op(cur: Any) -> None:
+            await cur.execute(sql, params)
+
+        await self._run(op)
+
+    async def _upsert(self, new: NewEntry) -> Row:
+        row = await self._fetch_one(UPSERT_SQL, {**write_params(new), "tags": list(new.tags)})
+        if row is None:  # RETURNING always returns the row
+            raise StorageError("the upsert returned no row")
+        return row
+
+    def _to_entry(self, row: Row) -> Entry:
+        return Entry(
+            id=row[0],
+            name=row[1],
+            tags=tuple(row[2] or ()),
+            created_at=row[3].astimezone(dt.UTC),
+            updated_at=row[4].astimezone(dt.UTC),
+        )
+
+    def _list_params(self, query: ListQuery) -> dict[str, object]:
+        # Timestamps are compared as timestamptz, not as the cursor's integer.
+        if query.sort in ("created_at", "updated_at"):
+            return list_params(query, lambda v: from_micros(int(v)))
+        return list_params(query)
+
+    def _match_params(self, refs: Sequence[Reference]) -> dict[str, object]:
+        return {
             "idx": list(range(len(refs))),
             "names": [r.name for r in refs],
             "tags": [r.tag for r in refs],
             "digests": [r.digest for r in refs],
         }
-
-        async def op(cur: Any) -> list[tuple]:
-            await cur.execute(MATCH_SQL, params)
-            return await cur.fetchall()
-
-        return grouped_matches(
-            len(refs), ((row[0], _row_to_image(row[1:])) for row in await self._run(op))
-        )

@@ -43,7 +43,7 @@ class InvalidReference(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class ImageRef:
+class Reference:
     """A normalized reference: exactly one of `tag` and `digest` is set,
     as in the result of distribution's `ParseDockerRef`."""
 
@@ -74,7 +74,7 @@ def _parse_named(text: str) -> _reference.Reference:
         raise InvalidReference(str(exc) or type(exc).__name__) from None
 
 
-def parse_reference(text: str) -> ImageRef:
+def parse_reference(text: str) -> Reference:
     """`nginx` -> docker.io/library/nginx:latest; `a:t@sha256:..` -> a@sha256:..
 
     Raises InvalidReference with distribution's own wording where it has one.
@@ -89,12 +89,12 @@ def parse_reference(text: str) -> ImageRef:
 # parses are memoized. Only parses are kept, never a decision, and only
 # valid references (an exception is not cached); the size bounds memory.
 @functools.lru_cache(maxsize=4096)
-def _parse_reference(text: str) -> ImageRef:
+def _parse_reference(text: str) -> Reference:
     named = _parse_named(text)
     name, tag, digest = named["name"], named["tag"], named["digest"]
     if digest:
-        return ImageRef(name=name, digest=digest)
-    return ImageRef(name=name, tag=tag or DEFAULT_TAG)
+        return Reference(name=name, digest=digest)
+    return Reference(name=name, tag=tag or DEFAULT_TAG)
 
 
 def normalize_name(name: str) -> str | None:
@@ -109,26 +109,26 @@ def normalize_name(name: str) -> str | None:
     return str(named["name"])
 
 
-def id_digest(image_id: str) -> str | None:
+def id_digest(entry_id: str) -> str | None:
     """The digest an entry id stands for: bare hex (its length names the
     algorithm), `<algorithm>:<hex>`, or a repo digest `name@<algorithm>:<hex>`
     (the name part must be a valid reference; it does not have to equal the
     entry's name, since the digest identifies the content). None otherwise."""
-    if "@" in image_id:
+    if "@" in entry_id:
         try:
-            return parse_reference(image_id).digest
+            return parse_reference(entry_id).digest
         except InvalidReference:
             return None
-    algorithm = _HEX_ALGORITHMS.get(len(image_id))
-    if algorithm is not None and _LOWER_HEX.fullmatch(image_id):
-        return f"{algorithm}:{image_id}"
+    algorithm = _HEX_ALGORITHMS.get(len(entry_id))
+    if algorithm is not None and _LOWER_HEX.fullmatch(entry_id):
+        return f"{algorithm}:{entry_id}"
     try:
-        _digest.validate_digest(image_id)
+        _digest.validate_digest(entry_id)
     except _digest.InvalidDigest:
         return None
-    return image_id
+    return entry_id
 
 
-def reference_keys(name: str, image_id: str) -> tuple[str | None, str | None]:
+def reference_keys(name: str, entry_id: str) -> tuple[str | None, str | None]:
     """What storage indexes for an entry: (normalized name, digest)."""
-    return normalize_name(name), id_digest(image_id)
+    return normalize_name(name), id_digest(entry_id)

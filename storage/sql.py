@@ -9,9 +9,10 @@ backends (SQLite's BINARY collation, PostgreSQL columns declared
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from storage.model import SORT_KEYS, ListQuery, NewImage
+from storage.model import SORT_KEYS, ListQuery, NewEntry
 from storage.reference import reference_keys
 
 Param = Callable[[str], str]
@@ -19,24 +20,21 @@ Param = Callable[[str], str]
 SELECT_COLUMNS = "id, name, tags, created_at, updated_at"
 
 
+def pyformat(name: str) -> str:
+    """psycopg2's parameter style."""
+    return f"%({name})s"
+
+
+def named(name: str) -> str:
+    """sqlite3's parameter style."""
+    return f":{name}"
+
+
 # Each entry as the API's JSON object, built by the database: a whole list
 # is then joined text in Python rather than rows turned into objects turned
 # into JSON (several times the CPU per entry, bench/). The same compact form
-# orjson writes, timestamps with all six fractional digits (SPEC 1).
-_PG_TIMESTAMP = """to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-
-
-def postgres_entry_json(row: str = "") -> str:
-    """The expression, on the columns of `row` ("NEW." in a trigger)."""
-    return (
-        f"""'{{"id":' || to_json({row}id)::text || ',"name":' || to_json({row}name)::text"""
-        f""" || ',"tags":' || array_to_json({row}tags)::text"""
-        f""" || ',"created_at":"' || {_PG_TIMESTAMP.format(column=row + "created_at")}"""
-        f""" || '","updated_at":"' || {_PG_TIMESTAMP.format(column=row + "updated_at")}"""
-        """ || '"}'"""
-    )
-
-
+# orjson writes, timestamps with all six fractional digits. PostgreSQL keeps
+# it in a trigger-maintained column (storage/migrations.py).
 # SQLite keeps microseconds since the epoch; strftime has no microseconds.
 SQLITE_JSON_COLUMN = """json_object('id', id, 'name', name, 'tags', json(tags),
  'created_at', strftime('%Y-%m-%dT%H:%M:%S', created_at / 1000000, 'unixepoch')
@@ -93,7 +91,38 @@ def list_params(
     return params
 
 
-def write_params(new: NewImage) -> dict[str, object]:
+def write_params(new: NewEntry) -> dict[str, object]:
     """Parameters of the upsert both backends share; each adds its tags."""
     norm_name, digest = reference_keys(new.name, new.id)
     return {"id": new.id, "name": new.name, "norm_name": norm_name, "digest": digest}
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """A backend's SQL for the operations `Storage` implements once, in its
+    driver's parameter style."""
+
+    get: str
+    delete: str
+    count: str
+    ping: str
+    #: One page of `GET /images`, keyed by `storage.sql.list_key`.
+    list: Mapping[tuple[str, bool, bool], str]
+    #: The same pages as the API's JSON text of each entry.
+    list_json: Mapping[tuple[str, bool, bool], str]
+    #: (reference index, entry columns...) of the entry allowing each reference.
+    match: str
+
+
+def backend_statements(param: Param, *, entry_json: str, match: str) -> Statements:
+    """A backend's Statements: the shared SQL in its parameter style, its
+    expression for an entry's JSON text, and its match query."""
+    return Statements(
+        get=f"SELECT {SELECT_COLUMNS} FROM images WHERE id = {param('id')}",
+        delete=f"DELETE FROM images WHERE id = {param('id')}",
+        count="SELECT count(*) FROM images",
+        ping="SELECT 1",
+        list=all_list_sql(param),
+        list_json=all_list_sql(param, entry_json),
+        match=match,
+    )

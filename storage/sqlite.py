@@ -12,88 +12,39 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import json
-import logging
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from storage.base import (
-    PoolStats,
-    QueryObserver,
-    Storage,
-    grouped_matches,
-    json_page,
-    observed,
-    warn_if_unmatchable,
-)
-from storage.errors import NotFound, StorageUnavailable
-from storage.model import Image, JsonPage, ListQuery, NewImage, from_micros, to_micros
-from storage.reference import ImageRef, reference_keys
+from storage.base import PoolStats, QueryObserver, Row, Storage
+from storage.errors import StorageUnavailable
+from storage.migrations import SQLITE, KeyBackfill, split_statements
+from storage.model import Entry, NewEntry, from_micros, to_micros
+from storage.reference import Reference
 from storage.sql import (
     SELECT_COLUMNS,
     SQLITE_JSON_COLUMN,
-    all_list_sql,
-    list_key,
-    list_params,
+    backend_statements,
+    named,
     write_params,
 )
 
 T = TypeVar("T")
-log = logging.getLogger("imagelist.storage")
 
-REFERENCE_KEYS_SQL = (
-    "ALTER TABLE images ADD COLUMN norm_name TEXT",
-    "ALTER TABLE images ADD COLUMN digest TEXT",
-    "CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest)",
-)
-BACKFILL_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
-BACKFILL_SET_SQL = "UPDATE images SET norm_name = :norm_name, digest = :digest WHERE id = :id"
-BACKFILL_PAGE = 1000
+KEYS_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
+SET_KEYS_SQL = "UPDATE images SET norm_name = ?, digest = ? WHERE id = ?"
 
 
-def add_reference_keys(conn: sqlite3.Connection) -> None:
-    """Migration 2: each entry's normalized name and digest, indexed, so an
-    admission decision is one index lookup; existing rows are backfilled
-    here because the normalization is the Python reference grammar."""
-    for statement in REFERENCE_KEYS_SQL:
-        conn.execute(statement)
-    after, unmatchable = "", 0
-    while True:
-        rows = conn.execute(BACKFILL_PAGE_SQL, {"after": after, "limit": BACKFILL_PAGE}).fetchall()
-        if not rows:
-            break
-        updates = []
-        for image_id, name in rows:
-            norm_name, digest = reference_keys(name, image_id)
-            unmatchable += norm_name is None
-            updates.append({"id": image_id, "norm_name": norm_name, "digest": digest})
-        conn.executemany(BACKFILL_SET_SQL, updates)
-        after = rows[-1][0]
-    if unmatchable:
-        log.warning(
-            "%d stored entries have a name that is not a repository name; "
-            "they will never match an admission decision",
-            unmatchable,
+def recompute_keys(conn: sqlite3.Connection) -> None:
+    """Every entry's reference keys, page by page in id order (inside the
+    migration's transaction)."""
+    backfill = KeyBackfill()
+    while keys := backfill.plan(conn.execute(KEYS_PAGE_SQL, backfill.page_params()).fetchall()):
+        conn.executemany(
+            SET_KEYS_SQL, [(norm, digest, entry_id) for entry_id, norm, digest in keys]
         )
 
-
-# Versioned migrations, applied in order; PRAGMA user_version records progress.
-MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
-    """
-    CREATE TABLE IF NOT EXISTS images (
-        id          TEXT PRIMARY KEY,
-        name        TEXT NOT NULL,
-        tags        TEXT NOT NULL,      -- JSON array of strings
-        created_at  INTEGER NOT NULL,   -- microseconds since the epoch, UTC
-        updated_at  INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS images_updated_at ON images (updated_at, id);
-    CREATE INDEX IF NOT EXISTS images_created_at ON images (created_at, id);
-    CREATE INDEX IF NOT EXISTS images_name ON images (name, id);
-    """,
-    add_reference_keys,
-)
 
 UPSERT_SQL = f"""
 INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
@@ -102,12 +53,6 @@ ON CONFLICT (id) DO UPDATE SET tags = excluded.tags,
                                updated_at = max(:now, images.updated_at)
 RETURNING {SELECT_COLUMNS}
 """
-GET_SQL = f"SELECT {SELECT_COLUMNS} FROM images WHERE id = :id"
-DELETE_SQL = "DELETE FROM images WHERE id = :id"
-COUNT_SQL = "SELECT count(*) FROM images"
-PING_SQL = "SELECT 1"
-LIST_SQL = all_list_sql(lambda name: f":{name}")
-LIST_JSON_SQL = all_list_sql(lambda name: f":{name}", SQLITE_JSON_COLUMN)
 # As in storage/postgres.py: per reference, the newest allowing entry and,
 # for a tag reference, the newest repo-digest id of each repository spelling.
 # The references arrive as one JSON array of [name, tag, digest] triples.
@@ -135,22 +80,13 @@ ORDER BY i, updated_at DESC, id DESC
 """
 
 
-def _row_to_image(row: tuple) -> Image:
-    return Image(
-        id=row[0],
-        name=row[1],
-        tags=tuple(json.loads(row[2])),
-        created_at=from_micros(row[3]),
-        updated_at=from_micros(row[4]),
-    )
-
-
 def _now_micros() -> int:
     return to_micros(dt.datetime.now(dt.UTC))
 
 
 class SqliteStorage(Storage):
     kind = "sqlite"
+    statements = backend_statements(named, entry_json=SQLITE_JSON_COLUMN, match=MATCH_SQL)
 
     def __init__(self, path: str, *, observer: QueryObserver | None = None) -> None:
         self.path = path
@@ -215,13 +151,11 @@ class SqliteStorage(Storage):
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                if isinstance(script, str):
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                else:
-                    script(conn)
+            for number, migration in enumerate(SQLITE[version:], start=version + 1):
+                for statement in split_statements(migration.sql):
+                    conn.execute(statement)
+                if migration.recompute_keys:
+                    recompute_keys(conn)
                 conn.execute(f"PRAGMA user_version = {number:d}")
             conn.execute("COMMIT")
         except BaseException:
@@ -237,29 +171,29 @@ class SqliteStorage(Storage):
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)
 
-    @observed
-    async def ping(self) -> None:
-        await self._run(lambda c: c.execute(PING_SQL).fetchone())
+    # -- the driver primitives ------------------------------------------------
 
-    @observed
-    async def get(self, image_id: str) -> Image:
-        row = await self._run(lambda c: c.execute(GET_SQL, {"id": image_id}).fetchone())
-        if row is None:
-            raise NotFound(image_id)
-        return _row_to_image(row)
+    async def _fetch_all(self, sql: str, params: Mapping[str, object]) -> list[Row]:
+        return await self._run(lambda c: c.execute(sql, params).fetchall())
 
-    @observed
-    async def put(self, new: NewImage) -> Image:
+    async def _fetch_one(self, sql: str, params: Mapping[str, object]) -> Row | None:
+        row: Row | None = await self._run(lambda c: c.execute(sql, params).fetchone())
+        return row
+
+    async def _execute(self, sql: str, params: Mapping[str, object]) -> None:
+        await self._run(lambda c: c.execute(sql, params))
+
+    async def _upsert(self, new: NewEntry) -> Row:
         params = {
             **write_params(new),
             "tags": json.dumps(list(new.tags), ensure_ascii=False),
             "now": _now_micros(),
         }
 
-        def upsert(c: sqlite3.Connection) -> tuple:
+        def upsert(c: sqlite3.Connection) -> Row:
             c.execute("BEGIN IMMEDIATE")
             try:
-                row = c.execute(UPSERT_SQL, params).fetchone()
+                row: Row = c.execute(UPSERT_SQL, params).fetchone()
                 c.execute("COMMIT")
             except BaseException:
                 if c.in_transaction:
@@ -267,37 +201,17 @@ class SqliteStorage(Storage):
                 raise
             return row
 
-        stored = _row_to_image(await self._run(upsert))
-        warn_if_unmatchable(stored)
-        return stored
+        return await self._run(upsert)
 
-    @observed
-    async def delete(self, image_id: str) -> None:
-        await self._run(lambda c: c.execute(DELETE_SQL, {"id": image_id}))
+    def _to_entry(self, row: Row) -> Entry:
+        return Entry(
+            id=row[0],
+            name=row[1],
+            tags=tuple(json.loads(row[2])),
+            created_at=from_micros(row[3]),
+            updated_at=from_micros(row[4]),
+        )
 
-    async def _list_rows(self, sql: str, query: ListQuery) -> list[tuple]:
-        params = list_params(query)
-        return await self._run(lambda c: c.execute(sql, params).fetchall())
-
-    @observed
-    async def list_page(self, query: ListQuery) -> list[Image]:
-        sql = LIST_SQL[list_key(query)]
-        return [_row_to_image(r) for r in await self._list_rows(sql, query)]
-
-    @observed
-    async def list_json(self, query: ListQuery) -> JsonPage:
-        sql = LIST_JSON_SQL[list_key(query)]
-        return json_page(query.sort, [r[0] for r in await self._list_rows(sql, query)])
-
-    @observed
-    async def count(self) -> int:
-        (n,) = await self._run(lambda c: c.execute(COUNT_SQL).fetchone())
-        return int(n)
-
-    @observed
-    async def match(self, refs: Sequence[ImageRef]) -> list[tuple[Image, ...]]:
-        if not refs:
-            return []
-        payload = json.dumps([[r.name, r.tag, r.digest] for r in refs])
-        rows = await self._run(lambda c: c.execute(MATCH_SQL, {"refs": payload}).fetchall())
-        return grouped_matches(len(refs), ((row[0], _row_to_image(row[1:])) for row in rows))
+    def _match_params(self, refs: Sequence[Reference]) -> dict[str, object]:
+        # One JSON array of [name, tag, digest] triples (see MATCH_SQL).
+        return {"refs": json.dumps([[r.name, r.tag, r.digest] for r in refs])}

@@ -130,3 +130,14 @@ def create_database(url: str, name: str) -> str:
     conn.close()
     base, _, _ = url.rpartition("/")
     return f"{base}/{name}"
+
+
+def reset_postgres(url: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('images') IS NOT NULL")
+        (exists,) = cur.fetchone()
+        if exists:
+            cur.execute("TRUNCATE images")
+    conn.close()

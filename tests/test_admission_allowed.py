@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 from k8s import admission_review, pod_spec
 
-from storage.model import NewImage
+from storage.model import NewEntry
 from storage.reference import parse_reference
 
 H_NGINX = "a1" * 32  # bare 64-hex image id
@@ -146,9 +146,8 @@ async def test_most_recently_updated_entry_is_named(api) -> None:
 async def test_entries_with_odd_names_are_stored_but_never_match(api, caplog) -> None:
     reply = await api.put({"id": "odd", "name": "Not A Repo:latest", "tags": ["latest"]})
     assert reply.status == 200
-    warned = [r for r in caplog.records if r.name == "imagelist.storage"]
-    assert warned and "never match" in warned[-1].getMessage()
-    assert "'Not A Repo:latest'" in warned[-1].getMessage()
+    warned = [r for r in caplog.records if r.msg == "unmatchable_entry"]
+    assert [(r.entry_id, r.entry_name) for r in warned] == [("odd", "Not A Repo:latest")]
     assert (await api.get("/images/odd")).json["name"] == "Not A Repo:latest"
     assert (await api.get(q("not-a-repo"))).json["allowed"] is False
 
@@ -157,7 +156,7 @@ async def test_entries_with_odd_names_are_stored_but_never_match(api, caplog) ->
 async def test_storage_match_answers_in_order(ctx) -> None:
     # The Storage interface itself, on both backends.
     assert await ctx.storage.match([]) == []
-    await ctx.storage.put(NewImage(id=H_NGINX, name="nginx", tags=("1.25",)))
+    await ctx.storage.put(NewEntry(id=H_NGINX, name="nginx", tags=("1.25",)))
     refs = [
         parse_reference(r)
         for r in ("quay.io/x:1", "nginx:1.25", f"nginx@sha256:{H_NGINX}", "nginx:2", "nginx:1.25")

@@ -10,49 +10,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 from k8s import admission_review, image_review, pod_spec, provider_request
-from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
-
-from config import load_config
-from handlers import AppContext, make_app
-from storage import create_storage
 
 from client import Client
+from helpers import running_app
 from pgcluster import create_database
-
-
-@pytest.fixture
-def http_client(io_loop):
-    """A client of its own: pytest-tornado's comes with an app we don't want."""
-    client = AsyncHTTPClient(force_instance=True)
-    yield client
-    client.close()
 
 
 @contextlib.asynccontextmanager
 async def instance(http_client, database_url: str) -> AsyncIterator[Client]:
-    """One more imagelist instance: its own Storage, app and port."""
-    config = load_config(
-        ["--database-url", database_url, "--db-timeout", "2", "--db-connect-timeout", "1"],
-        env={},
-    )
-    storage = create_storage(
-        config.database_url,
-        pool_size=2,
-        timeout=config.db_timeout,
-        connect_timeout=config.db_connect_timeout,
-    )
-    await storage.open()
-    sock, port = bind_unused_port()
-    server = HTTPServer(make_app(AppContext(config=config, storage=storage)))
-    server.add_sockets([sock])
-    try:
-        yield Client(http_client, f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
-        await server.close_all_connections()
-        await storage.close()
+    """One more imagelist instance on the same database, with its own port."""
+    async with running_app(database_url) as running:
+        yield Client(http_client, running.url)
 
 
 async def validate(client: Client, image: str) -> bool:

@@ -13,7 +13,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from storage import create_storage, postgres, sqlite
+from storage import create_storage, postgres
+from storage.migrations import POSTGRES, SQLITE, split_statements
 from storage.reference import parse_reference
 
 from pgcluster import create_database
@@ -29,13 +30,12 @@ OLD_ROWS = [
 
 def old_sqlite(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
-    for statement in sqlite.MIGRATIONS[0].split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    for statement in split_statements(SQLITE[0].sql):
+        conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
-    for image_id, name, tags in OLD_ROWS:
+    for entry_id, name, tags in OLD_ROWS:
         conn.execute(
-            "INSERT INTO images VALUES (?, ?, ?, 1, 1)", (image_id, name, json.dumps(tags))
+            "INSERT INTO images VALUES (?, ?, ?, 1, 1)", (entry_id, name, json.dumps(tags))
         )
     conn.close()
 
@@ -44,13 +44,13 @@ def old_postgres(url: str) -> None:
     conn = psycopg2.connect(url)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(postgres.MIGRATIONS[0])
+        cur.execute(POSTGRES[0].sql)
         cur.execute(postgres.SCHEMA_TABLE_SQL)
         cur.execute("INSERT INTO imagelist_schema VALUES (1)")
         now = dt.datetime.now(dt.UTC)
-        for image_id, name, tags in OLD_ROWS:
+        for entry_id, name, tags in OLD_ROWS:
             cur.execute(
-                "INSERT INTO images VALUES (%s, %s, %s, %s, %s)", (image_id, name, tags, now, now)
+                "INSERT INTO images VALUES (%s, %s, %s, %s, %s)", (entry_id, name, tags, now, now)
             )
     conn.close()
 
@@ -76,8 +76,8 @@ async def allowed(api, ref: str) -> dict:
 @pytest.mark.gen_test
 async def test_old_rows_are_backfilled_and_match(api, caplog) -> None:
     # The migration ran while the app was built, and said what will not match.
-    setup = [r.getMessage() for r in caplog.get_records("setup") if r.name == "imagelist.storage"]
-    assert any(m.startswith("1 stored entries have a name") for m in setup), setup
+    setup = [r for r in caplog.get_records("setup") if r.msg == "unmatchable_entries"]
+    assert [r.count for r in setup] == [1], setup
     assert (await allowed(api, "docker.io/myorg/apache2:2.4"))["entry"]["id"] == H
     assert (await allowed(api, f"myorg/apache2@sha256:{H}"))["allowed"] is True
     digest_ref = "quay.io/foo/app:x@sha256:" + "cd" * 32

@@ -1,18 +1,16 @@
 """Bearer-token auth through the real app, with the tokens file watched on the test's loop.
 
-The registry and watcher are built by the daemon's own `load_tokens` and
-`watch_tokens`; files are changed on disk the ways real tools change them,
+The app, its token registry and watcher are built by the daemon's own
+assembly from `--tokens-file`; files are changed on disk the ways real tools change them,
 and each test polls (bounded) until the change shows through the API.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 import shutil
-import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -25,15 +23,17 @@ from tokenfiles import (
     tokens_yaml,
     write_in_place,
 )
+from tornado.httpclient import AsyncHTTPClient
 
-import imagelist
-from config.watch import FileWatcher
-from handlers import AppContext
+from imagelist import RunningApp
+
+from client import Client
+from helpers import eventually, running_app
 
 ALICE, BOB, CAROL = "alice-Secret-1", "bob-Secret-2", "carol-Secret-3"
 FIRST = tokens_yaml(entry("alice", ALICE), entry("bob", BOB, is_disabled=True))
 CHALLENGE = 'Bearer realm="imagelist"'
-DEADLINE = 10.0  # a reload normally shows within a second; this only catches hangs
+AuthApp = Callable[[Path], Awaitable[tuple[Client, RunningApp]]]
 
 
 @pytest.fixture
@@ -48,20 +48,21 @@ def app_options() -> list[str]:
 
 
 @pytest.fixture
-def enable_auth(ctx: AppContext) -> Iterator[Callable[[Path], None]]:
-    """Turn auth on for the running app, exactly as main() does."""
-    watchers: list[FileWatcher] = []
+def auth_app(database_url: str, app_options: list[str], io_loop) -> Iterator[AuthApp]:
+    """Start the app with `--tokens-file PATH`, as the daemon does; closed
+    when the test ends."""
+    stack = AsyncExitStack()
+    http = AsyncHTTPClient(force_instance=True)
 
-    def enable(path: Path) -> None:
-        config = dataclasses.replace(ctx.config, tokens_file=str(path))
-        ctx.tokens = imagelist.load_tokens(config, ctx.metrics)
-        watcher = imagelist.watch_tokens(ctx)
-        assert watcher is not None
-        watchers.append(watcher)
+    async def start(path: Path) -> tuple[Client, RunningApp]:
+        running = await stack.enter_async_context(
+            running_app(database_url, *app_options, "--tokens-file", str(path))
+        )
+        return Client(http, running.url), running
 
-    yield enable
-    for watcher in watchers:
-        watcher.stop()
+    yield start
+    http.close()
+    io_loop.run_sync(stack.aclose)
 
 
 @pytest.fixture
@@ -76,17 +77,6 @@ async def status_with(api, token: str | None) -> int:
     """An authenticated no-op write: DELETE of an absent id is 204."""
     headers = bearer(token) if token is not None else None
     return (await api.delete("/images/probe", headers=headers)).status
-
-
-async def eventually(probe: Callable[[], Awaitable[object]], expected: object) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        got = await probe()
-        if got == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {got!r}, expected {expected!r} after {DEADLINE}s")
-        await asyncio.sleep(0.05)
 
 
 async def metric(api, name: str) -> float:
@@ -112,8 +102,8 @@ def assert_401(reply) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_writes_need_a_valid_enabled_token(api, enable_auth, tokens_path) -> None:
-    enable_auth(tokens_path)
+async def test_writes_need_a_valid_enabled_token(auth_app, tokens_path) -> None:
+    api, _ = await auth_app(tokens_path)
     image = {"id": "sha256:abc", "name": "myorg/app"}
     for headers in (None, bearer("wrong"), bearer(BOB)):
         assert_401(await api.put(image, headers=headers))
@@ -142,23 +132,23 @@ async def test_writes_need_a_valid_enabled_token(api, enable_auth, tokens_path) 
     ],
 )
 @pytest.mark.gen_test(timeout=30)
-async def test_malformed_authorization_is_401(api, enable_auth, tokens_path, header) -> None:
-    enable_auth(tokens_path)
+async def test_malformed_authorization_is_401(auth_app, tokens_path, header) -> None:
+    api, _ = await auth_app(tokens_path)
     reply = await api.put({"id": "a", "name": "n"}, headers={"Authorization": header})
     assert_401(reply)
     assert await api.all_images() == []
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_the_scheme_is_case_insensitive(api, enable_auth, tokens_path) -> None:
-    enable_auth(tokens_path)
+async def test_the_scheme_is_case_insensitive(auth_app, tokens_path) -> None:
+    api, _ = await auth_app(tokens_path)
     reply = await api.put({"id": "a", "name": "n"}, headers={"Authorization": f"bearer {ALICE}"})
     assert reply.status == 200
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_401_comes_before_body_errors(api, enable_auth, tokens_path) -> None:
-    enable_auth(tokens_path)
+async def test_401_comes_before_body_errors(auth_app, tokens_path) -> None:
+    api, _ = await auth_app(tokens_path)
     assert_401(await api.put(raw=b'{"id": "a", "name": '))
     assert_401(await api.put({"id": "", "name": "n"}))
     assert_401(await api.put(raw=b"x" * 4096))  # over --max-body-size 1024
@@ -169,8 +159,8 @@ async def test_401_comes_before_body_errors(api, enable_auth, tokens_path) -> No
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_reads_stay_open(api, enable_auth, tokens_path) -> None:
-    enable_auth(tokens_path)
+async def test_reads_stay_open(auth_app, tokens_path) -> None:
+    api, _ = await auth_app(tokens_path)
     await api.put({"id": "a", "name": "n"}, headers=bearer(ALICE))
     assert (await api.get("/images")).status == 200
     assert (await api.get("/images/a")).status == 200
@@ -180,14 +170,14 @@ async def test_reads_stay_open(api, enable_auth, tokens_path) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_hashed_tokens(api, enable_auth, tokens_path) -> None:
+async def test_hashed_tokens(auth_app, tokens_path) -> None:
     tokens_path.write_text(
         tokens_yaml(
             entry("ci", token_sha256=sha256_hex(CAROL)),
             entry("old", token_sha256=sha256_hex(ALICE).upper(), is_disabled=True),
         )
     )
-    enable_auth(tokens_path)
+    api, _ = await auth_app(tokens_path)
     assert await status_with(api, CAROL) == 204
     assert await status_with(api, ALICE) == 401
     # The digest itself is not a credential.
@@ -205,8 +195,8 @@ async def test_without_a_tokens_file_writes_are_open(api) -> None:
 
 @pytest.mark.parametrize("change", [write_in_place, replace_by_rename])
 @pytest.mark.gen_test(timeout=30)
-async def test_a_changed_file_applies_without_restart(api, enable_auth, tokens_path, change):
-    enable_auth(tokens_path)
+async def test_a_changed_file_applies_without_restart(auth_app, tokens_path, change):
+    api, _ = await auth_app(tokens_path)
     reloads = await metric(api, "imagelist_token_reloads_total")
     assert await status_with(api, ALICE) == 204
 
@@ -224,9 +214,9 @@ async def test_a_changed_file_applies_without_restart(api, enable_auth, tokens_p
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_configmap_symlink_swap_applies(api, enable_auth, tmp_path) -> None:
+async def test_a_configmap_symlink_swap_applies(auth_app, tmp_path) -> None:
     mount = ConfigMapMount(tmp_path / "secret-volume", "tokens.yaml", FIRST)
-    enable_auth(mount.path)
+    api, _ = await auth_app(mount.path)
     assert await status_with(api, ALICE) == 204
 
     mount.update(tokens_yaml(entry("carol", CAROL)))
@@ -240,7 +230,7 @@ async def test_a_configmap_symlink_swap_applies(api, enable_auth, tmp_path) -> N
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_symlink_to_a_file_elsewhere_is_followed(api, enable_auth, tmp_path) -> None:
+async def test_a_symlink_to_a_file_elsewhere_is_followed(auth_app, tmp_path) -> None:
     target_dir = tmp_path / "srv" / "config"
     target_dir.mkdir(parents=True)
     target = target_dir / "real-tokens.yaml"
@@ -248,7 +238,7 @@ async def test_a_symlink_to_a_file_elsewhere_is_followed(api, enable_auth, tmp_p
     link = tmp_path / "etc-imagelist" / "tokens.yaml"
     link.parent.mkdir()
     link.symlink_to(target)
-    enable_auth(link)
+    api, _ = await auth_app(link)
 
     # Edited where it really lives: no event next to the link.
     write_in_place(target, tokens_yaml(entry("carol", CAROL)))
@@ -268,8 +258,8 @@ async def test_a_symlink_to_a_file_elsewhere_is_followed(api, enable_auth, tmp_p
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_an_invalid_file_keeps_the_last_good_set(api, enable_auth, tokens_path) -> None:
-    enable_auth(tokens_path)
+async def test_an_invalid_file_keeps_the_last_good_set(auth_app, tokens_path) -> None:
+    api, _ = await auth_app(tokens_path)
     errors = await metric(api, "imagelist_token_reload_errors_total")
     reloads = await metric(api, "imagelist_token_reloads_total")
 
@@ -294,8 +284,8 @@ async def test_an_invalid_file_keeps_the_last_good_set(api, enable_auth, tokens_
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_deleted_file_fails_closed_until_it_is_back(api, enable_auth, tokens_path) -> None:
-    enable_auth(tokens_path)
+async def test_a_deleted_file_fails_closed_until_it_is_back(auth_app, tokens_path) -> None:
+    api, _ = await auth_app(tokens_path)
     assert await status_with(api, ALICE) == 204
     tokens_path.unlink()
     await eventually(lambda: status_with(api, ALICE), 401)
@@ -309,14 +299,14 @@ async def test_a_deleted_file_fails_closed_until_it_is_back(api, enable_auth, to
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_deleted_directory_recreated_is_watched_again(api, enable_auth, tmp_path) -> None:
+async def test_a_deleted_directory_recreated_is_watched_again(auth_app, tmp_path) -> None:
     target_dir = tmp_path / "srv"
     target_dir.mkdir()
     (target_dir / "tokens.yaml").write_text(FIRST)
     link = tmp_path / "etc" / "tokens.yaml"
     link.parent.mkdir()
     link.symlink_to(target_dir / "tokens.yaml")
-    enable_auth(link)
+    api, _ = await auth_app(link)
 
     shutil.rmtree(target_dir)
     await eventually(lambda: status_with(api, ALICE), 401)
@@ -330,28 +320,28 @@ async def test_a_deleted_directory_recreated_is_watched_again(api, enable_auth, 
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sighup_hook_reloads_and_forces(api, ctx, enable_auth, tokens_path) -> None:
-    enable_auth(tokens_path)
+async def test_sighup_hook_reloads_and_forces(auth_app, tokens_path) -> None:
+    api, running = await auth_app(tokens_path)
     reloads = await metric(api, "imagelist_token_reloads_total")
-    ctx.reload()  # what SIGHUP calls
+    running.ctx.reload()  # what SIGHUP calls
     # Forced: counted although the contents did not change.
     assert await metric(api, "imagelist_token_reloads_total") == reloads + 1
     # A change applied by the hook at once, whatever the watcher does later.
     replace_by_rename(tokens_path, tokens_yaml(entry("carol", CAROL)))
-    ctx.reload()
+    running.ctx.reload()
     assert await status_with(api, CAROL) == 204
     assert await status_with(api, ALICE) == 401
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_a_symlinked_directory_is_watched(api, enable_auth, tmp_path) -> None:
+async def test_a_symlinked_directory_is_watched(auth_app, tmp_path) -> None:
     # /etc/imagelist -> /srv/imagelist-config: the file's own directory is a link.
     real = tmp_path / "srv" / "imagelist-config"
     real.mkdir(parents=True)
     (real / "tokens.yaml").write_text(FIRST)
     linked_dir = tmp_path / "etc-imagelist"
     linked_dir.symlink_to(real, target_is_directory=True)
-    enable_auth(linked_dir / "tokens.yaml")
+    api, _ = await auth_app(linked_dir / "tokens.yaml")
 
     replace_by_rename(real / "tokens.yaml", tokens_yaml(entry("carol", CAROL)))
     await eventually(lambda: status_with(api, CAROL), 204)

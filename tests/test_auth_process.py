@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,11 +17,11 @@ from tokenfiles import (
 )
 
 from daemon import Daemon
+from helpers import wait_for
 
 ALICE, BOB, CAROL = "alice-Pr0cess-Secret", "bob-Pr0cess-Secret", "carol-Pr0cess-Secret"
 UNKNOWN = "never-Configured-Secret"
 FIRST = tokens_yaml(entry("alice", ALICE), entry("bob", BOB, is_disabled=True))
-DEADLINE = 10.0
 
 
 def daemon(tmp_path: Path, tokens: Path | None) -> Daemon:
@@ -36,14 +34,6 @@ def daemon(tmp_path: Path, tokens: Path | None) -> Daemon:
 def write_status(d: Daemon, token: str | None) -> int:
     headers = bearer(token) if token is not None else {}
     return d.request("DELETE", "/images/probe", headers=headers)[0]
-
-
-def eventually(probe: Callable[[], object], expected: object) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while (got := probe()) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {got!r}, expected {expected!r} after {DEADLINE}s")
-        time.sleep(0.05)
 
 
 def events(d: Daemon, name: str) -> list[dict]:
@@ -108,22 +98,22 @@ def test_reloads_in_the_running_daemon(tmp_path: Path) -> None:
         assert d.request("GET", "/images")[0] == 200
 
         replace_by_rename(path, tokens_yaml(entry("carol", token_sha256=sha256_hex(CAROL))))
-        eventually(lambda: write_status(d, CAROL), 204)
+        wait_for(lambda: write_status(d, CAROL), 204)
         assert write_status(d, ALICE) == 401
 
         write_in_place(path, FIRST)
-        eventually(lambda: write_status(d, ALICE), 204)
+        wait_for(lambda: write_status(d, ALICE), 204)
         assert write_status(d, CAROL) == 401
 
         write_in_place(path, "tokens: [{name: x}]\n")  # invalid: the last good set stays
-        eventually(lambda: len(events(d, "tokens_reload_failed")), 1)
+        wait_for(lambda: len(events(d, "tokens_reload_failed")), 1)
         assert write_status(d, ALICE) == 204
 
         path.unlink()  # fail closed
-        eventually(lambda: write_status(d, ALICE), 401)
+        wait_for(lambda: write_status(d, ALICE), 401)
         assert events(d, "tokens_file_missing")
         path.write_text(tokens_yaml(entry("bob", BOB)))
-        eventually(lambda: write_status(d, BOB), 204)
+        wait_for(lambda: write_status(d, BOB), 204)
         assert write_status(d, ALICE) == 401
 
         metrics = d.request("GET", "/metrics")[1].decode()
@@ -136,10 +126,10 @@ def test_a_configmap_update_applies(tmp_path: Path) -> None:
     with daemon(tmp_path, mount.path) as d:
         assert write_status(d, ALICE) == 204
         mount.update(tokens_yaml(entry("carol", CAROL)))
-        eventually(lambda: write_status(d, CAROL), 204)
+        wait_for(lambda: write_status(d, CAROL), 204)
         assert write_status(d, ALICE) == 401
         mount.update(FIRST)
-        eventually(lambda: write_status(d, ALICE), 204)
+        wait_for(lambda: write_status(d, ALICE), 204)
 
 
 def test_sighup_reloads(tmp_path: Path) -> None:
@@ -148,10 +138,10 @@ def test_sighup_reloads(tmp_path: Path) -> None:
     with daemon(tmp_path, path) as d:
         d.send(signal.SIGHUP)
         triggers = lambda: [e["trigger"] for e in events(d, "tokens_loaded")]  # noqa: E731
-        eventually(triggers, ["startup", "sighup"])
+        wait_for(triggers, ["startup", "sighup"])
         write_in_place(path, tokens_yaml(entry("carol", CAROL)))
         d.send(signal.SIGHUP)
-        eventually(lambda: write_status(d, CAROL), 204)
+        wait_for(lambda: write_status(d, CAROL), 204)
         assert write_status(d, ALICE) == 401
         assert events(d, "tokens_loaded")[-1]["names"] == ["carol"]
         assert d.proc is not None and d.proc.poll() is None  # SIGHUP does not stop it
@@ -167,11 +157,11 @@ def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
         d.request("PUT", "/images", {"id": "a", "name": "n"}, headers={"Authorization": ALICE})
         # Invalid files whose offending line holds a token.
         write_in_place(path, f"tokens:\n  - name: carol\n    token: '{CAROL}\n")
-        eventually(lambda: len(events(d, "tokens_reload_failed")), 1)
+        wait_for(lambda: len(events(d, "tokens_reload_failed")), 1)
         write_in_place(path, tokens_yaml(entry("a", CAROL), entry("b", CAROL)))
-        eventually(lambda: len(events(d, "tokens_reload_failed")), 2)
+        wait_for(lambda: len(events(d, "tokens_reload_failed")), 2)
         d.send(signal.SIGHUP)
-        eventually(lambda: len(events(d, "tokens_reload_failed")), 3)
+        wait_for(lambda: len(events(d, "tokens_reload_failed")), 3)
         metrics = d.request("GET", "/metrics")[1].decode()
 
     output = "\n".join(d.output)

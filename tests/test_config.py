@@ -1,4 +1,4 @@
-"""Command line and environment (SPEC 3)."""
+"""Command line and environment."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from config import ConfigError, load_config
 
 from daemon import ROOT
+from helpers import running_app
 
 OLD_FLAGS = [
     "--listen",
@@ -58,17 +60,25 @@ def test_help_never_echoes_a_password_from_the_environment() -> None:
     assert out.returncode == 0 and "hunter2-secret" not in out.stdout
 
 
-def test_defaults_use_sqlite_in_the_data_directory(tmp_path: Path) -> None:
-    c = load_config([], env={})
+# Every load_config() here gets its environment explicitly: the real one
+# (STATE_DIRECTORY under systemd, XDG_DATA_HOME, HOME) must not decide.
+
+
+def test_defaults_use_sqlite_in_the_data_directory() -> None:
+    c = load_config([], env={"HOME": "/home/ci"})
     assert c.listen_host == "" and c.listen_port == 8000
-    assert c.storage_kind == "sqlite"
-    assert c.database_url.endswith("/imagelist/imagelist.db")
+    assert c.database_url == "sqlite:////home/ci/.local/share/imagelist/imagelist.db"
     assert not c.tls and c.tokens_file is None and c.admission_mode == "enforce"
 
 
-def test_state_directory_wins_for_the_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/imagelist")
-    assert load_config([], env={}).database_url == "sqlite:////var/lib/imagelist/imagelist.db"
+def test_xdg_data_home_wins_over_home() -> None:
+    c = load_config([], env={"HOME": "/home/ci", "XDG_DATA_HOME": "/srv/data"})
+    assert c.database_url == "sqlite:////srv/data/imagelist/imagelist.db"
+
+
+def test_state_directory_wins_for_the_default_store() -> None:
+    env = {"STATE_DIRECTORY": "/var/lib/imagelist:/var/lib/other", "XDG_DATA_HOME": "/srv"}
+    assert load_config([], env=env).database_url == "sqlite:////var/lib/imagelist/imagelist.db"
 
 
 def test_db_options_select_postgres_with_a_dsn() -> None:
@@ -89,7 +99,7 @@ def test_db_options_select_postgres_with_a_dsn() -> None:
         ],
         env={},
     )
-    assert c.storage_kind == "postgres"
+    assert not c.database_url.startswith("sqlite:")
     assert c.database_url == (
         "host='db1' port='5433' user='u' password='p w\\'x' dbname='images' sslmode='require'"
     )
@@ -117,7 +127,7 @@ def test_database_url_wins_over_db_options() -> None:
     c = load_config(["--dbhost", "ignored", "--database-url", "postgresql://a@b/c"], env={})
     assert c.database_url == "postgresql://a@b/c"
     c = load_config(["--dbhost", "ignored"], env={"IMAGELIST_DATABASE_URL": "sqlite:///x.db"})
-    assert c.storage_kind == "sqlite"
+    assert c.database_url.startswith("sqlite:///")
 
 
 def test_old_single_dash_spelling_is_accepted() -> None:
@@ -125,9 +135,20 @@ def test_old_single_dash_spelling_is_accepted() -> None:
     assert c.listen_port == 8001 and "host='db'" in c.database_url and c.debug
 
 
-@pytest.mark.parametrize("listen", ["[::1]:8000", "0.0.0.0:80", ":0"])
-def test_listen_forms(listen: str) -> None:
-    load_config(["--listen", listen], env={})
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("[::1]:8000", "::1", 8000),
+        ("[::]:8080", "::", 8080),
+        ("0.0.0.0:80", "0.0.0.0", 80),  # noqa: S104 - parsed here, not bound
+        ("127.0.0.1:9000", "127.0.0.1", 9000),
+        (":0", "", 0),
+        ("localhost:8000", "localhost", 8000),
+    ],
+)
+def test_listen_forms(listen: str, host: str, port: int) -> None:
+    c = load_config(["--listen", listen], env={})
+    assert (c.listen_host, c.listen_port) == (host, port)
 
 
 @pytest.mark.parametrize(
@@ -157,3 +178,13 @@ def test_cli_refuses_bad_options_with_a_clear_message_and_exit_2() -> None:
     assert out.returncode == 2
     assert out.stderr.startswith("imagelist: --listen")
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.gen_test
+async def test_the_app_listens_on_a_bracketed_ipv6_address(tmp_path: Path) -> None:
+    http = AsyncHTTPClient(force_instance=True)
+    async with running_app(f"sqlite:///{tmp_path}/db", "--listen", "[::1]:0") as running:
+        assert running.url == f"http://[::1]:{running.port}"
+        reply = await http.fetch(running.url + "/health/live", raise_error=False)
+    http.close()
+    assert reply.code == 200

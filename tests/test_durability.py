@@ -1,4 +1,4 @@
-"""SPEC 5: a PUT that got 200 survives kill -9 of the daemon, on both backends."""
+"""A PUT that got 200 survives kill -9 of the daemon, on both backends."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ def test_acknowledged_writes_survive_sigkill(database_url: str) -> None:
     def writer() -> None:
         i = 0
         while not stop.is_set():
-            image_id = f"w{i:05d}"
+            entry_id = f"w{i:05d}"
             try:
                 status, _, _ = daemon.request(
-                    "PUT", "/images", {"id": image_id, "name": "n", "tags": [str(i)]}, timeout=5
+                    "PUT", "/images", {"id": entry_id, "name": "n", "tags": [str(i)]}, timeout=5
                 )
             except OSError:
                 return  # the daemon is gone
             if status == 200:
-                acked.append(image_id)
+                acked.append(entry_id)
             i += 1
 
     thread = threading.Thread(target=writer)

@@ -1,4 +1,4 @@
-"""Fault injection against real processes (SPEC 5): the database stopped under
+"""Fault injection against real processes: the database stopped under
 load and restarted, and several daemons sharing one database."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections import Counter
 import psycopg2
 
 from daemon import Daemon
+from helpers import wait_for
 from pgcluster import PgCluster, free_port
 
 
@@ -34,16 +35,16 @@ class Load:
     def _write(self, n: int) -> None:
         i = 0
         while not self.stop.is_set():
-            image_id = f"w{n}-{i}"
+            entry_id = f"w{n}-{i}"
             started = time.monotonic()
             status, body, _ = self.d.request(
-                "PUT", "/images", {"id": image_id, "name": "load", "tags": [image_id]}, timeout=30
+                "PUT", "/images", {"id": entry_id, "name": "load", "tags": [entry_id]}, timeout=30
             )
             self._record(status, started)
             if status == 200:
-                assert body["tags"] == [image_id]
+                assert body["tags"] == [entry_id]
                 with self.lock:
-                    self.acked.add(image_id)
+                    self.acked.add(entry_id)
             i += 1
 
     def _read(self) -> None:
@@ -63,13 +64,6 @@ class Load:
             t.join(30)
 
 
-def wait_until(probe, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
-
-
 def rows(url: str) -> dict[str, list[str]]:
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
@@ -83,17 +77,17 @@ def test_database_stopped_under_load_and_restarted(pg_cluster: PgCluster) -> Non
     url = pg_cluster.url()
     with Daemon("--database-url", url, "--db-timeout", "2", "--db-connect-timeout", "1") as d:
         with Load(d) as load:
-            wait_until(lambda: len(load.acked) > 50)
+            wait_for(lambda: len(load.acked) > 50, True)
             pg_cluster.stop()  # fault 1: the database goes away under load
-            wait_until(lambda: load.statuses[503] > 20)
+            wait_for(lambda: load.statuses[503] > 20, True)
             before_restart = len(load.acked)
             pg_cluster.start()
-            wait_until(lambda: len(load.acked) > before_restart + 50)
+            wait_for(lambda: len(load.acked) > before_restart + 50, True)
             pg_cluster.stop("immediate")  # fault 2: a crash, not a clean stop
-            wait_until(lambda: load.statuses[503] > 40)
+            wait_for(lambda: load.statuses[503] > 40, True)
             before_second = len(load.acked)
             pg_cluster.start()
-            wait_until(lambda: len(load.acked) > before_second + 50)
+            wait_for(lambda: len(load.acked) > before_second + 50, True)
         print("\nload statuses:", dict(load.statuses), "slowest:", round(load.slowest, 3))
         assert set(load.statuses) <= {200, 503}, load.statuses
         # 503s come fast, bounded by the timeouts, never a hang.
@@ -102,7 +96,7 @@ def test_database_stopped_under_load_and_restarted(pg_cluster: PgCluster) -> Non
     stored = rows(url)
     assert load.acked <= stored.keys(), "an acknowledged write was lost"
     # No half-written row: every row is exactly what one PUT sent.
-    assert all(tags == [image_id] for image_id, tags in stored.items())
+    assert all(tags == [entry_id] for entry_id, tags in stored.items())
     assert not [
         e for e in logs if e.get("event") == "request" and e["status"] >= 500 and e["status"] != 503
     ]
@@ -113,13 +107,13 @@ def test_two_daemons_share_one_database(pg_url: str) -> None:
     with Daemon("--database-url", pg_url) as a, Daemon("--database-url", pg_url) as b:
         for n in range(20):
             writer, reader = (a, b) if n % 2 else (b, a)
-            image_id = f"shared-{n}"
-            assert writer.request("PUT", "/images", {"id": image_id, "name": "n"})[0] == 200
+            entry_id = f"shared-{n}"
+            assert writer.request("PUT", "/images", {"id": entry_id, "name": "n"})[0] == 200
             # Visible on the other instance at once.
-            status, body, _ = reader.request("GET", f"/images/{image_id}")
-            assert status == 200 and body["id"] == image_id
-            assert reader.request("DELETE", f"/images/{image_id}")[0] == 204
-            assert writer.request("GET", f"/images/{image_id}")[0] == 404
+            status, body, _ = reader.request("GET", f"/images/{entry_id}")
+            assert status == 200 and body["id"] == entry_id
+            assert reader.request("DELETE", f"/images/{entry_id}")[0] == 204
+            assert writer.request("GET", f"/images/{entry_id}")[0] == 404
 
 
 def test_two_instances_on_one_port_with_reuse_port(pg_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Fuzz stage (SPEC 5): schemathesis drives openapi.yaml against the running
+"""Fuzz stage: schemathesis drives openapi.yaml against the running
 daemon on a throwaway PostgreSQL, with auth on. No input may produce a 5xx,
 every response must conform to the document, and the daemon must be alive
 and clean (no error log line, no traceback) afterwards.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import create_database
 from daemon import ROOT, Daemon
+from pgcluster import create_database
 
 TOKEN = "fuzz-" + uuid.uuid4().hex
 EXAMPLES = int(os.environ.get("IMAGELIST_FUZZ_EXAMPLES", "150"))

@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,12 +19,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import Daemon
-
-
-def sqlite(tmp_path: Path) -> list[str]:
-    return ["--database-url", f"sqlite:///{tmp_path}/imagelist.db"]
-
+from daemon import Daemon, storage_refusal
+from helpers import make_cert, sqlite_args, wait_for
 
 # -- sd_notify -----------------------------------------------------------------
 
@@ -78,7 +73,7 @@ def test_ready_after_listening_then_watchdog_pings_then_stopping(
     tmp_path: Path, notify_path: NotifyListener
 ) -> None:
     env = {"NOTIFY_SOCKET": notify_path.address, "WATCHDOG_USEC": "200000"}
-    d = Daemon(*sqlite(tmp_path), env=env).start(wait=False)
+    d = Daemon(*sqlite_args(tmp_path), env=env).start(wait=False)
     try:
         first = notify_path.receive(timeout=15)
         assert first is not None, d.output
@@ -106,7 +101,7 @@ def test_abstract_socket_and_no_pings_for_another_watchdog_pid(tmp_path: Path) -
         "WATCHDOG_PID": "1",  # systemd watches some other process
     }
     try:
-        with Daemon(*sqlite(tmp_path), env=env) as d:
+        with Daemon(*sqlite_args(tmp_path), env=env) as d:
             assert listener.receive(timeout=15) is not None
             assert "WATCHDOG=1" not in listener.collect(0.5)
             d.send(signal.SIGINT)
@@ -117,9 +112,16 @@ def test_abstract_socket_and_no_pings_for_another_watchdog_pid(tmp_path: Path) -
 
 
 def test_without_systemd_nothing_is_sent_and_all_is_well(tmp_path: Path) -> None:
-    with Daemon(*sqlite(tmp_path), env={"NOTIFY_SOCKET": ""}) as d:
+    # --debug logs every message sent (sd_notify) and every failed send
+    # (sd_notify_failed): with no NOTIFY_SOCKET there must be neither.
+    env = {"NOTIFY_SOCKET": "", "WATCHDOG_USEC": "100000"}
+    with Daemon(*sqlite_args(tmp_path), "--debug", env=env) as d:
         assert d.request("GET", "/health/live")[0] == 200
+        time.sleep(0.3)  # several watchdog intervals
     assert d.proc is not None and d.proc.returncode == 0
+    events = [e["event"] for e in d.logs()]
+    assert "listening" in events and "stopped" in events
+    assert not {"sd_notify", "sd_notify_failed"} & set(events), events
 
 
 # -- SIGTERM: drain ------------------------------------------------------------
@@ -140,27 +142,17 @@ def start_slow_put(d: Daemon, body: bytes) -> socket.socket:
         b"PUT /images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2]
     )
-    deadline = time.monotonic() + 10
-    while in_flight(d) < 1:
-        assert time.monotonic() < deadline, "the daemon never saw the request"
-        time.sleep(0.05)
+    wait_for(lambda: in_flight(d) >= 1, True)  # the daemon has seen the request
     return conn
-
-
-def wait_refused(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while accepts_connections(port):
-        assert time.monotonic() < deadline, "still accepting connections"
-        time.sleep(0.05)
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(tmp_path: Path) -> None:
     body = b'{"id": "slow-1", "name": "myorg/app", "tags": ["v1"]}'
-    with Daemon(*sqlite(tmp_path)) as d:
+    with Daemon(*sqlite_args(tmp_path)) as d:
         conn = start_slow_put(d, body)
         with conn:
             d.send(signal.SIGTERM)
-            wait_refused(d.port)  # no new connections...
+            wait_for(lambda: accepts_connections(d.port), False)  # no new connections...
             assert d.proc is not None and d.proc.poll() is None  # ...but still serving
             conn.sendall(body[len(body) // 2 :])
             reply = conn.recv(65536)
@@ -170,13 +162,13 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(tmp_path: Path) 
     events = [f"{e['event']} {e.get('method', '')}".strip() for e in d.logs()]
     assert events.index("stopping") < events.index("request PUT") < events.index("stopped")
     # The write that got its 200 is there after a restart.
-    with Daemon(*sqlite(tmp_path)) as again:
+    with Daemon(*sqlite_args(tmp_path)) as again:
         assert again.request("GET", "/images/slow-1")[0] == 200
 
 
 def test_shutdown_timeout_bounds_the_drain(tmp_path: Path) -> None:
     body = b'{"id": "never", "name": "n"}'
-    with Daemon(*sqlite(tmp_path), "--shutdown-timeout", "1") as d:
+    with Daemon(*sqlite_args(tmp_path), "--shutdown-timeout", "1") as d:
         conn = start_slow_put(d, body)
         with conn:
             d.send(signal.SIGTERM)
@@ -184,28 +176,11 @@ def test_shutdown_timeout_bounds_the_drain(tmp_path: Path) -> None:
             assert conn.recv(65536) == b""  # closed by the daemon, no response
         timeout = next(e for e in d.logs() if e["event"] == "shutdown_timeout")
         assert timeout["inflight"] == 1 and timeout["level"] == "warning"
-    with Daemon(*sqlite(tmp_path)) as again:
+    with Daemon(*sqlite_args(tmp_path)) as again:
         assert again.request("GET", "/images/never")[0] == 404
 
 
 # -- SIGHUP: TLS certificate reload ------------------------------------------------
-
-
-def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    assert openssl, "openssl not found: install the Debian package `openssl`"
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [
-            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "2", "-subj", f"/CN={name}", "-addext",
-            "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )  # fmt: skip
-    return cert, key
 
 
 def der(cert: Path) -> bytes:
@@ -250,7 +225,7 @@ def test_sighup_reloads_the_certificate_and_keeps_connections(tmp_path: Path) ->
     shutil.copy(one[0], certfile)
     shutil.copy(one[1], keyfile)
     tls = ["--certfile", str(certfile), "--keyfile", str(keyfile)]
-    with Daemon(*sqlite(tmp_path), *tls) as d:
+    with Daemon(*sqlite_args(tmp_path), *tls) as d:
         kept = connect(d.port)
         try:
             assert live(kept) == 200
@@ -282,7 +257,7 @@ def test_sighup_reloads_the_certificate_and_keeps_connections(tmp_path: Path) ->
 def test_sighup_with_a_garbage_certificate_keeps_serving(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path, "one")
     original = der(cert)
-    with Daemon(*sqlite(tmp_path), "--certfile", str(cert), "--keyfile", str(key)) as d:
+    with Daemon(*sqlite_args(tmp_path), "--certfile", str(cert), "--keyfile", str(key)) as d:
         cert.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n")
         d.send(signal.SIGHUP)
         d.wait_for_log("tls_reload_failed")
@@ -294,3 +269,17 @@ def test_sighup_with_a_garbage_certificate_keeps_serving(tmp_path: Path) -> None
             assert time.monotonic() < deadline, d.output
             time.sleep(0.05)
         assert served_cert(d.port) == original
+
+
+# -- start-up refusals -------------------------------------------------------------
+
+
+# An SQLite file that is not a database (or cannot be opened) made open()
+# raise sqlite3.DatabaseError, which the daemon did not expect: it died with
+# an "uncaught_exception" traceback instead of its storage_open_failed line.
+def test_an_unusable_sqlite_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "imagelist.db"
+    bad.write_bytes(b"not an SQLite database, only text long enough to look like one " * 4)
+    failed = storage_refusal("--database-url", f"sqlite:///{bad}")
+    assert "not a database" in failed["error"]
+    assert str(bad) in failed["error"]

@@ -13,6 +13,7 @@ import pytest
 from faulty_imagelist import SECRET
 
 from daemon import Daemon
+from helpers import sqlite_args
 from pgcluster import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -20,10 +21,6 @@ HERE = Path(__file__).resolve().parent
 
 class FaultyDaemon(Daemon):
     program = HERE / "faulty_imagelist.py"
-
-
-def sqlite(tmp_path: Path) -> list[str]:
-    return ["--database-url", f"sqlite:///{tmp_path}/imagelist.db"]
 
 
 def fetch(d: Daemon, *args, **kwargs) -> tuple[int, object, dict[str, str]]:
@@ -37,7 +34,7 @@ def request_lines(d: Daemon) -> list[dict]:
 
 
 def test_each_request_logs_one_line_with_every_field(tmp_path: Path) -> None:
-    with Daemon(*sqlite(tmp_path)) as d:
+    with Daemon(*sqlite_args(tmp_path)) as d:
         d.request("PUT", "/images", {"id": "a/b@c", "name": "n"}, headers={"X-Request-ID": "ci-42"})
         _, _, got = fetch(d, "GET", "/images/a%2Fb@c")
         _, _, bad = fetch(d, "GET", "/images/missing", headers={"X-Request-ID": "no spaces"})
@@ -63,7 +60,7 @@ def test_each_request_logs_one_line_with_every_field(tmp_path: Path) -> None:
 
 
 def test_error_responses_carry_the_request_id(tmp_path: Path) -> None:
-    with Daemon(*sqlite(tmp_path)) as d:
+    with Daemon(*sqlite_args(tmp_path)) as d:
         status, body, headers = fetch(
             d, "PUT", "/images", raw=b"{not json", headers={"X-Request-ID": "r-1"}
         )
@@ -80,11 +77,12 @@ def test_startup_warning_is_json_and_liveness_ignores_the_database() -> None:
         assert status == 200 and body == {"status": "ok"}
     warning = next(e for e in d.logs() if e.get("logger") == "imagelist.storage")
     assert warning["level"] == "warning"
-    assert "unavailable at start-up" in warning["event"]
+    assert warning["event"] == "storage_unavailable" and warning["storage"] == "postgres"
+    assert "database unavailable" in warning["error"]
 
 
 def test_a_traceback_is_one_json_line_without_frame_locals(tmp_path: Path) -> None:
-    with FaultyDaemon(*sqlite(tmp_path), env={"IMAGELIST_TEST_FAULT": "handler"}) as d:
+    with FaultyDaemon(*sqlite_args(tmp_path), env={"IMAGELIST_TEST_FAULT": "handler"}) as d:
         status, body, _ = d.request("GET", "/health/live", headers={"X-Request-ID": "t-1"})
         assert status == 500
         assert body == {"error": "internal error", "request_id": "t-1"}
@@ -105,7 +103,7 @@ def test_a_traceback_is_one_json_line_without_frame_locals(tmp_path: Path) -> No
 
 
 def test_an_uncaught_crash_is_logged_as_json(tmp_path: Path) -> None:
-    d = FaultyDaemon(*sqlite(tmp_path), env={"IMAGELIST_TEST_FAULT": "crash"})
+    d = FaultyDaemon(*sqlite_args(tmp_path), env={"IMAGELIST_TEST_FAULT": "crash"})
     d.start(wait=False)
     assert d.wait(20) == 1
     entries = d.logs()
@@ -116,7 +114,7 @@ def test_an_uncaught_crash_is_logged_as_json(tmp_path: Path) -> None:
 
 
 def test_console_format_is_for_humans(tmp_path: Path) -> None:
-    d = Daemon(*sqlite(tmp_path), "--log-format", "console")
+    d = Daemon(*sqlite_args(tmp_path), "--log-format", "console")
     d.start(wait=False)
     try:
         deadline = time.monotonic() + 15
@@ -136,7 +134,7 @@ def test_console_format_is_for_humans(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("debug", [True, False])
 def test_debug_option_sets_the_level(tmp_path: Path, debug: bool) -> None:
-    with Daemon(*sqlite(tmp_path), *(["--debug"] if debug else [])) as d:
+    with Daemon(*sqlite_args(tmp_path), *(["--debug"] if debug else [])) as d:
         assert d.request("GET", "/health/live")[0] == 200
     levels = {e["level"] for e in d.logs()}
     # asyncio itself logs at debug level when the loop starts.
@@ -144,7 +142,7 @@ def test_debug_option_sets_the_level(tmp_path: Path, debug: bool) -> None:
 
 
 def test_tornados_own_log_lines_are_json_too(tmp_path: Path) -> None:
-    with Daemon(*sqlite(tmp_path)) as d:
+    with Daemon(*sqlite_args(tmp_path)) as d:
         with socket.create_connection(("127.0.0.1", d.port), timeout=10) as conn:
             conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
             reply = conn.recv(65536)

@@ -6,41 +6,20 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
+from k8s import admission_review, pod_spec
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from tornado.httpclient import AsyncHTTPClient
-from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
-
-from handlers import AppContext, make_app
-from handlers.metrics import Metrics
-from imagelist import build_storage
 
 from client import Client
-from conftest import make_config
+from helpers import running_app
 from pgcluster import create_database
-
-
-async def open_ctx(database_url: str, *options: str) -> AppContext:
-    """The app as main() wires it: storage reports to the app's Metrics."""
-    config = make_config(database_url, "--db-timeout", "2", "--db-connect-timeout", "1", *options)
-    metrics = Metrics()
-    storage = build_storage(config, metrics)
-    await storage.open()
-    return AppContext(config=config, storage=storage, metrics=metrics)
-
-
-@pytest.fixture
-def ctx(database_url: str, app_options: list[str], io_loop) -> Iterator[AppContext]:
-    context = io_loop.run_sync(lambda: open_ctx(database_url, *app_options))
-    yield context
-    io_loop.run_sync(context.storage.close)
 
 
 def samples(text: str) -> list[Sample]:
@@ -114,7 +93,8 @@ async def test_storage_reports_query_latency_pool_and_stored_images(api, ctx) ->
     assert 1 <= size <= value(text, "imagelist_db_pool_connections_max")
     # Only the scrape's own count query could be running, and it is done.
     assert value(text, "imagelist_db_pool_connections_in_use") == 0
-    assert value(text, "imagelist_db_pool_waits_total") >= 0
+    # Each operation ran alone: none waited for a connection.
+    assert value(text, "imagelist_db_pool_waits_total") == 0
     info = [s for s in samples(text) if s.name == "imagelist_build_info"]
     assert len(info) == 1 and info[0].value == 1 and {"version", "python"} <= info[0].labels.keys()
 
@@ -134,13 +114,22 @@ async def test_pool_waits_are_counted_when_every_connection_is_busy(ctx, api) ->
 async def test_scrape_passes_promtool_and_names_follow_conventions(api, ctx) -> None:
     await api.put({"id": "a", "name": "n"})
     await api.get("/images/a")
-    # Fill the families other features feed, so their samples are linted too.
-    ctx.metrics.admission_decisions.labels("admissionreview", "allowed").inc()
+    # Fill the families other features feed, so their samples are linted too:
+    # an admission answered by the app itself, and a token reload.
+    review = admission_review("Pod", pod_spec(["n:latest"]))
+    assert (await api.request("POST", "/admission/validate", review)).status == 200
     ctx.metrics.token_reloads.inc()
     text = await scrape(api)
     promtool_check(text)
+    decided = "imagelist_admission_decisions_total"
+    assert value(text, decided, endpoint="validate", result="denied") == 1
+    assert value(text, "process_resident_memory_bytes") > 0
+    assert [s.labels["implementation"] for s in samples(text) if s.name == "python_info"] == [
+        "CPython"
+    ]
     for family in text_string_to_metric_families(text):
-        assert family.name.startswith("imagelist_"), family.name
+        # Ours, and prometheus-client's standard process and platform families.
+        assert family.name.startswith(("imagelist_", "process_", "python_")), family.name
         if family.type == "counter":
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         if family.type == "histogram":
@@ -165,27 +154,41 @@ async def test_openmetrics_when_the_scraper_asks(api) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_stored_images_keep_last_value_while_database_is_down(pg_cluster, io_loop) -> None:
-    ctx = await open_ctx(create_database(pg_cluster.url(), "imagelist_metrics"))
-    server = HTTPServer(make_app(ctx))
-    sock, port = bind_unused_port()
-    server.add_sockets([sock])
+    url = create_database(pg_cluster.url(), "imagelist_metrics")
     http = AsyncHTTPClient(force_instance=True)
-    api = Client(http, f"http://127.0.0.1:{port}")
-    try:
-        for n in range(2):
-            assert (await api.put({"id": str(n), "name": "n"})).status == 200
-        assert value(await scrape(api), "imagelist_images_stored") == 2
-        pg_cluster.stop("immediate")
-        text = await scrape(api)  # still 200, and promptly (bounded count)
-        assert value(text, "imagelist_images_stored") == 2
-        assert value(text, "imagelist_database_up") == 0
-        assert value(text, "imagelist_db_pool_connections") == 0
-        errors = value(
-            text, "imagelist_db_query_duration_seconds_count", operation="count", outcome="error"
-        )
-        assert errors >= 1
-    finally:
-        http.close()
-        server.stop()
-        await server.close_all_connections()
-        await ctx.storage.close()
+    with closing(http):
+        async with running_app(url) as running:
+            api = Client(http, running.url)
+            for n in range(2):
+                assert (await api.put({"id": str(n), "name": "n"})).status == 200
+            assert value(await scrape(api), "imagelist_images_stored") == 2
+            pg_cluster.stop("immediate")
+            text = await scrape(api)  # still 200, and promptly (bounded count)
+            assert value(text, "imagelist_images_stored") == 2
+            assert value(text, "imagelist_database_up") == 0
+            assert value(text, "imagelist_db_pool_connections") == 0
+            errors = value(
+                text,
+                "imagelist_db_query_duration_seconds_count",
+                operation="count",
+                outcome="error",
+            )
+            assert errors >= 1
+
+
+# Tornado accepts any token as a method and answers 405; the method went
+# into the request metrics' labels as sent, so anyone could grow /metrics
+# (and the daemon's memory) by one series per made-up method name.
+@pytest.mark.gen_test
+async def test_made_up_methods_do_not_add_metric_series(api) -> None:
+    for n in range(5):
+        reply = await api.request(f"X-MADE-UP-{n}", "/images")
+        assert reply.status == 405
+    await api.get("/images")
+    text = (await api.get("/metrics")).body.decode()
+    series = [
+        line for line in text.splitlines() if line.startswith("imagelist_http_requests_total")
+    ]
+    assert not any("X-MADE-UP" in line for line in series), series
+    assert any('method="OTHER",route="/images",status="405"} 5.0' in line for line in series)
+    assert any('method="GET",route="/images",status="200"} 1.0' in line for line in series)

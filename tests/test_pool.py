@@ -10,7 +10,7 @@ import uuid
 import psycopg2
 import pytest
 
-from storage import NewImage, create_storage
+from storage import NewEntry, create_storage
 
 
 def backends(url: str, application: str) -> set[int]:
@@ -38,7 +38,7 @@ async def test_pool_is_warm_and_keeps_its_connections_under_load(pg_url: str) ->
         assert len(opened) == 4
         assert storage.pool_stats().size == 4
 
-        await storage.put(NewImage("pool-test", "n"))
+        await storage.put(NewEntry("pool-test", "n"))
         for _ in range(3):
             # Fifty times more operations at once than connections.
             await asyncio.gather(*(storage.get("pool-test") for _ in range(200)))

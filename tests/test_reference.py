@@ -142,7 +142,7 @@ def test_normalize_stored_name(name: str, normalized: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("image_id", "digest"),
+    ("entry_id", "digest"),
     [
         (H256, f"sha256:{H256}"),
         (H384, f"sha384:{H384}"),
@@ -164,8 +164,8 @@ def test_normalize_stored_name(name: str, normalized: str | None) -> None:
         ("nginx:latest", None),
     ],
 )
-def test_id_digest(image_id: str, digest: str | None) -> None:
-    assert id_digest(image_id) == digest
+def test_id_digest(entry_id: str, digest: str | None) -> None:
+    assert id_digest(entry_id) == digest
 
 
 def test_reference_keys() -> None:

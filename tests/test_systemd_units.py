@@ -101,4 +101,4 @@ def test_example_environment_values_are_accepted(tmp_path: Path) -> None:
         env[name] = str(path)
     config = load_config([], env=env)
     assert config.listen_port == 8000 and config.log_format == "json"
-    assert config.storage_kind == "postgres"
+    assert not config.database_url.startswith("sqlite:")

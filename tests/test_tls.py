@@ -1,42 +1,15 @@
-"""TLS with --certfile/--keyfile (SPEC 3)."""
+"""TLS with --certfile/--keyfile."""
 
 from __future__ import annotations
 
 import http.client
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from daemon import Daemon
-
-
-def make_cert(directory: Path, cn: str = "localhost") -> tuple[Path, Path]:
-    cert, key = directory / f"{cn}.crt", directory / f"{cn}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            f"/CN={cn}",
-            "-addext",
-            f"subjectAltName=DNS:{cn},IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+from helpers import make_cert
 
 
 def test_tls_serves_https_with_the_given_certificate(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from tokenfiles import entry, sha256_hex, tokens_yaml
 
+from config.metrics import Metrics
 from config.tokens import TokenFileError, TokenRegistry, parse_tokens, token_digest
 
 SECRET = "LF8zuwb2dJMjZLphiSUQHTeA"
@@ -116,7 +117,7 @@ def test_yaml_errors_give_the_position() -> None:
 def test_an_empty_list_is_valid_and_admits_nobody(tmp_path: Path) -> None:
     path = tmp_path / "tokens.yaml"
     path.write_text("tokens: []\n")
-    registry = TokenRegistry(str(path))
+    registry = TokenRegistry(str(path), Metrics())
     registry.load()
     assert registry.entries == ()
     assert not registry.check(b"anything").ok
@@ -145,7 +146,7 @@ def test_check(tmp_path: Path, presented: str, ok: bool, name: str | None, reaso
             entry("old", "retired", is_disabled=True),
         )
     )
-    registry = TokenRegistry(str(path))
+    registry = TokenRegistry(str(path), Metrics())
     registry.load()
     verdict = registry.check(presented.encode())
     assert (verdict.ok, verdict.name, verdict.reason) == (ok, name, reason)
@@ -154,4 +155,4 @@ def test_check(tmp_path: Path, presented: str, ok: bool, name: str | None, reaso
 def test_load_refuses_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.yaml"
     with pytest.raises(TokenFileError, match=f"tokens file {path}: No such file"):
-        TokenRegistry(str(path)).load()
+        TokenRegistry(str(path), Metrics()).load()

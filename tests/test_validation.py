@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.errors import ApiError
-from handlers.validation import parse_image
-from storage.model import NewImage
+from handlers.errors import map_exception
+from handlers.validation import parse_entry
+from storage.errors import Invalid
+from storage.model import NewEntry
 
 GOOD = [
-    ({"id": "a", "name": "n"}, NewImage("a", "n", ())),
+    ({"id": "a", "name": "n"}, NewEntry("a", "n", ())),
     (
         {"id": "sha256:" + "f" * 64, "name": "quay.io/x/y", "tags": ["1", "2", "1"]},
-        NewImage("sha256:" + "f" * 64, "quay.io/x/y", ("1", "2")),
+        NewEntry("sha256:" + "f" * 64, "quay.io/x/y", ("1", "2")),
     ),
-    ({"id": "x" * 255, "name": "n" * 255, "tags": []}, NewImage("x" * 255, "n" * 255, ())),
-    ({"id": "a", "name": "name with space", "tags": None}, NewImage("a", "name with space", ())),
-    ({"id": "a", "name": "n", "unknown": 1}, NewImage("a", "n", ())),
+    ({"id": "x" * 255, "name": "n" * 255, "tags": []}, NewEntry("x" * 255, "n" * 255, ())),
+    ({"id": "a", "name": "name with space", "tags": None}, NewEntry("a", "name with space", ())),
+    ({"id": "a", "name": "n", "unknown": 1}, NewEntry("a", "n", ())),
 ]
 
 BAD = [
@@ -39,12 +40,13 @@ BAD = [
 
 
 @pytest.mark.parametrize(("body", "expected"), GOOD)
-def test_valid_bodies(body: dict, expected: NewImage) -> None:
-    assert parse_image(body) == expected
+def test_valid_bodies(body: dict, expected: NewEntry) -> None:
+    assert parse_entry(body) == expected
 
 
 @pytest.mark.parametrize(("body", "message"), BAD)
 def test_invalid_bodies(body: object, message: str) -> None:
-    with pytest.raises(ApiError, match=message) as info:
-        parse_image(body)
-    assert info.value.status == 400
+    with pytest.raises(Invalid, match=message) as info:
+        parse_entry(body)
+    answer = map_exception(info.value)
+    assert answer is not None and answer.status == 400 and answer.message == str(info.value)
