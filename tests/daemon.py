@@ -23,6 +23,8 @@ class Daemon:
 
     #: The script to run (a test may run a wrapper around imagelist.py).
     program: Path = ROOT / "imagelist.py"
+    #: The OS user to run as (needs root), with that user's group only.
+    user: str | None = None
 
     def __init__(
         self, *args: str, env: dict[str, str] | None = None, port: int | None = None
@@ -39,18 +41,25 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 15) -> Daemon:
         self.output = []
         self.proc = subprocess.Popen(
-            [sys.executable, str(self.program), *self.args],
+            self.command(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=self.env,
-            cwd=str(ROOT),
+            cwd="/" if self.user else str(ROOT),
+            user=self.user,
+            group=self.user,
+            extra_groups=[] if self.user else None,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if wait:
             self.wait_for_log("listening", timeout)
         return self
+
+    def command(self) -> list[str]:
+        """The daemon's command line (a subclass may start an installed build)."""
+        return [sys.executable, str(self.program), *self.args]
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
