@@ -17,6 +17,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
+import upgrade
 from config import Config, ConfigError, load_config
 from config.logging import setup_logging
 from config.metrics import Metrics
@@ -26,6 +27,7 @@ from config.tokens import TokenFileError, TokenRegistry
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from storage import Storage, StorageError, create_storage
+from storage.sweep import sweep_stale_keys
 
 log = structlog.get_logger("imagelist")
 
@@ -180,6 +182,9 @@ async def assemble(config: Config) -> AsyncIterator[RunningApp]:
             raise StartupError(
                 "storage_open_failed", 1, storage=storage.kind, error=str(exc)
             ) from None
+        # Rows other writers add get their reference keys (cancelled after
+        # the drain, before the store closes).
+        stack.push_async_callback(cancel, asyncio.create_task(sweep_stale_keys(storage)))
         ctx = AppContext(config=config, storage=storage, metrics=metrics, tokens=tokens)
         server = HTTPServer(
             make_app(ctx),
@@ -196,7 +201,33 @@ async def assemble(config: Config) -> AsyncIterator[RunningApp]:
         yield RunningApp(ctx=ctx, server=server, port=port)
 
 
+async def cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run_action(config: Config) -> int:
+    """`--migrate` / `--migrate-dry-run`: run against the database and exit."""
+    storage = build_storage(config, Metrics())
+    try:
+        return await upgrade.run(config.action, storage)
+    except StorageError as exc:
+        log.error("migrate_failed", storage=storage.kind, error=str(exc))
+        return 1
+    finally:
+        await storage.close()
+
+
 async def serve(config: Config) -> int:
+    if config.legacy_env:
+        log.warning(
+            "legacy_environment",
+            variables=list(config.legacy_env),
+            hint="the Go service's variables; rename each to IMAGELIST_<NAME>",
+        )
+    if config.action != "serve":
+        return await run_action(config)
     pinger: asyncio.Task[None] | None = None
     try:
         async with assemble(config) as running:

@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Container-image allowlist service with built-in Kubernetes admission",
     python_requires=">=3.11",
-    py_modules=["imagelist"],
+    py_modules=["imagelist", "upgrade"],
     packages=find_packages(
         include=["config", "config.*", "handlers", "handlers.*", "storage", "storage.*"]
     ),

@@ -93,10 +93,20 @@ def _seed_postgres(url: str, n: int) -> None:
             for batch in _batches(n):
                 psycopg2.extras.execute_values(
                     cur,
-                    "INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)"
-                    " VALUES %s",
+                    # keys_stale = false: the keys are computed right here,
+                    # as imagelist's own writes do.
+                    "INSERT INTO images (id, name, norm_name, digest, keys_stale, tags,"
+                    " created_at, updated_at) VALUES %s",
                     [
-                        (e.id, e.name, *reference_keys(e.name, e.id), list(e.tags), e.at, e.at)
+                        (
+                            e.id,
+                            e.name,
+                            *reference_keys(e.name, e.id),
+                            False,
+                            list(e.tags),
+                            e.at,
+                            e.at,
+                        )
                         for e in batch
                     ],
                     page_size=BATCH,

@@ -3,20 +3,55 @@
 Every option can come from the environment (`--dbhost` <- `IMAGELIST_DBHOST`)
 so a systemd EnvironmentFile can hold them; a flag on the command line wins.
 The old Go service's flags keep their names, and its single-dash spelling
-(`-dbhost x`, Go's flag package style) is accepted too.
+(`-dbhost x`, Go's flag package style) is accepted too; so are its
+unprefixed environment variables (`DBHOST`, ...) and its database defaults
+(LEGACY_ENV, LEGACY_DB_DEFAULTS), for an upgrade in place.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 ENV_PREFIX = "IMAGELIST_"
+
+# The Go service's environment variables, honoured where neither the flag
+# nor its IMAGELIST_ variable is set: its EnvironmentFile works unchanged.
+LEGACY_ENV = {
+    "listen": "LISTEN",
+    "tokens-file": "TOKENS_FILE",
+    "dbhost": "DBHOST",
+    "dbport": "DBPORT",
+    "dbuser": "DBUSER",
+    "dbpassword": "DBPASSWORD",
+    "dbname": "DBNAME",
+    "dbsslmode": "DBSSLMODE",
+    "certfile": "CERTFILE",
+    "keyfile": "KEYFILE",
+    "debug": "DEBUG",
+}
+# The Go service's defaults for the parts of the connection not given, once
+# PostgreSQL is chosen through the --db* options. Not its password
+# ("postgres"): a default password is no password.
+LEGACY_DB_DEFAULTS = {
+    "host": "localhost",
+    "port": "5432",
+    "user": "postgres",
+    "dbname": "imagelist",
+    "sslmode": "disable",
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+# Parser destinations that are commands, not settings: no environment
+# variable sets them (an environment file must never make the service a
+# one-shot command).
+COMMAND_LINE_ONLY = frozenset({"help", "version", "action"})
 
 
 class ConfigError(ValueError):
@@ -40,6 +75,10 @@ class Config:
     shutdown_timeout: float
     reuse_port: bool
     admission_mode: str
+    #: "serve", or "migrate" / "migrate-dry-run" (run, or report, and exit).
+    action: str = "serve"
+    #: The Go service's environment variables this configuration took.
+    legacy_env: tuple[str, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -56,6 +95,23 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.upper().replace("-", "_")
 
 
+def legacy_env(env: Mapping[str, str]) -> dict[str, str]:
+    """option -> Go service variable, for each such variable that is set
+    (non-empty) where the option's IMAGELIST_ variable is not."""
+    return {
+        option: name
+        for option, name in LEGACY_ENV.items()
+        if env.get(name) and env_name(option) not in env
+    }
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("imagelist")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imagelist",
@@ -63,38 +119,66 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog=(
             "Every option can also be set from the environment as IMAGELIST_<OPTION>, "
             "e.g. IMAGELIST_DBHOST=db1 or IMAGELIST_DEBUG=true; a command-line flag wins. "
+            "The Go service's variables (DBHOST, DBPORT, DBUSER, DBPASSWORD, DBNAME, "
+            "DBSSLMODE, TOKENS_FILE, CERTFILE, KEYFILE, LISTEN, DEBUG) are read where "
+            "neither is set. "
             "Storage: PostgreSQL when --database-url names one or any --db* option is "
             "given, else an embedded SQLite file (default: $STATE_DIRECTORY/imagelist.db "
             "under systemd, else ~/.local/share/imagelist/imagelist.db)."
         ),
     )
 
+    legacy = legacy_env(env)
+
+    def from_env(name: str) -> tuple[str, str | None]:
+        """The variable that sets option `name`, and its value (or None)."""
+        envvar = legacy.get(name, env_name(name))
+        return envvar, env.get(envvar)
+
     def add(name: str, help: str, default: str | None = None, **kw: Any) -> None:
-        envvar = env_name(name)
+        _, value = from_env(name)
         # Help shows the built-in default only: an environment value may be
         # a password and must not be echoed by --help.
         shown = f" (default: {default})" if default is not None else ""
         parser.add_argument(
             f"--{name}",
             f"-{name}",
-            default=env.get(envvar, default),
-            help=f"{help}{shown} [env {envvar}]",
+            default=default if value is None else value,
+            help=f"{help}{shown} [env {env_name(name)}]",
             **kw,
         )
 
     def flag(name: str, help: str) -> None:
-        envvar = env_name(name)
-        raw = env.get(envvar, "").strip().lower()
+        envvar, value = from_env(name)
+        raw = (value or "").strip().lower()
         if raw not in _TRUE | _FALSE:
-            raise ConfigError(f"{envvar}={env[envvar]!r}: expected true or false")
+            raise ConfigError(f"{envvar}={value!r}: expected true or false")
         parser.add_argument(
             f"--{name}",
             f"-{name}",
             action="store_true",
             default=raw in _TRUE,
-            help=f"{help} [env {envvar}]",
+            help=f"{help} [env {env_name(name)}]",
         )
 
+    parser.add_argument("--version", "-version", action="version", version=f"imagelist {version()}")
+    # COMMAND_LINE_ONLY: actions, not settings.
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument(
+        "--migrate",
+        dest="action",
+        action="store_const",
+        const="migrate",
+        default="serve",
+        help="bring the database schema up to date (adopting the Go service's table) and exit",
+    )
+    actions.add_argument(
+        "--migrate-dry-run",
+        dest="action",
+        action="store_const",
+        const="migrate-dry-run",
+        help="report what --migrate would change, change nothing, and exit",
+    )
     add("listen", "address to listen on, [HOST]:PORT", ":8000", metavar="[HOST]:PORT")
     add(
         "tokens-file", "YAML file of bearer tokens; enables auth for PUT and DELETE", metavar="PATH"
@@ -104,12 +188,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "PostgreSQL URL/DSN (multi-host allowed) or sqlite:///PATH; wins over the --db* options",
         metavar="URL",
     )
-    add("dbhost", "PostgreSQL host (or comma-separated hosts)", metavar="HOST")
-    add("dbport", "PostgreSQL port", metavar="PORT")
-    add("dbuser", "PostgreSQL user", metavar="USER")
-    add("dbpassword", "PostgreSQL password", metavar="PASSWORD")
-    add("dbname", "PostgreSQL database name", metavar="NAME")
-    add("dbsslmode", "PostgreSQL sslmode (disable, require, verify-full, ...)", metavar="MODE")
+    # No argparse defaults here: whether any --db* option is given selects
+    # PostgreSQL; LEGACY_DB_DEFAULTS then fill in the rest (database_url).
+    add("dbhost", "PostgreSQL host (or comma-separated hosts); default localhost", metavar="HOST")
+    add("dbport", "PostgreSQL port; default 5432", metavar="PORT")
+    add("dbuser", "PostgreSQL user; default postgres", metavar="USER")
+    add("dbpassword", "PostgreSQL password; no default", metavar="PASSWORD")
+    add("dbname", "PostgreSQL database name; default imagelist", metavar="NAME")
+    add(
+        "dbsslmode",
+        "PostgreSQL sslmode (disable, require, verify-full, ...); default disable",
+        metavar="MODE",
+    )
     add("certfile", "TLS certificate (PEM); TLS is on when --keyfile is also given", metavar="PATH")
     add("keyfile", "TLS private key (PEM)", metavar="PATH")
     flag("debug", "log at debug level")
@@ -181,7 +271,8 @@ def database_url(ns: argparse.Namespace, env: Mapping[str, str]) -> str:
     }
     given = {k: str(v) for k, v in parts.items() if v not in (None, "")}
     if given:
-        return " ".join(f"{k}={_quote(v)}" for k, v in given.items())
+        full = {k: given.get(k, LEGACY_DB_DEFAULTS.get(k)) for k in parts}
+        return " ".join(f"{k}={_quote(v)}" for k, v in full.items() if v is not None)
     return "sqlite:///" + default_sqlite_path(env)
 
 
@@ -198,6 +289,13 @@ def default_sqlite_path(env: Mapping[str, str]) -> str:
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     ns = build_parser(env).parse_args(argv)
+    # A Go service variable counts as used unless a flag overrode it (for
+    # --debug, a flag that agrees with it: the same either way).
+    used = tuple(
+        name
+        for option, name in legacy_env(env).items()
+        if option == "debug" or getattr(ns, option.replace("-", "_")) == env[name]
+    )
     host, port = parse_listen(str(ns.listen))
     if bool(ns.certfile) != bool(ns.keyfile):
         raise ConfigError("--certfile and --keyfile must be given together for TLS")
@@ -228,4 +326,6 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         shutdown_timeout=float(_number("shutdown-timeout", ns.shutdown_timeout, float, 0)),
         reuse_port=bool(ns.reuse_port),
         admission_mode=str(ns.admission_mode),
+        action=str(ns.action),
+        legacy_env=used,
     )

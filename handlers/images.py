@@ -11,9 +11,9 @@ from tornado.iostream import StreamClosedError
 from handlers.base import BaseHandler, BodyHandler
 from handlers.errors import ApiError
 from handlers.paging import decode_cursor, encode_cursor, parse_limit
-from handlers.validation import check_id, check_name, parse_entry
+from handlers.validation import check_name, lookup_id, parse_entry
 from storage.base import position_of
-from storage.errors import StorageError
+from storage.errors import NotFound, StorageError
 from storage.model import DEFAULT_SORT, SORT_KEYS, Entry, ListQuery, format_timestamp
 
 DEFAULT_PAGE = 100
@@ -116,12 +116,17 @@ class EntryHandler(BaseHandler):
     route = "/images/{id}"
 
     async def get(self, entry_id: str) -> None:
-        entry = await self.ctx.storage.get(check_id(entry_id))
+        found = lookup_id(entry_id)
+        if found is None:
+            raise NotFound(entry_id)
+        entry = await self.ctx.storage.get(found)
         self.write_json(entry_json(entry))
 
     async def delete(self, entry_id: str) -> None:
         self.authorize_write()
-        await self.ctx.storage.delete(check_id(entry_id))
+        found = lookup_id(entry_id)
+        if found is not None:
+            await self.ctx.storage.delete(found)
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()

@@ -53,13 +53,31 @@ def check_id(value: Any, field: str = "id") -> str:
     return _check_string(field, value, spaces=False)
 
 
+# The longest key PostgreSQL's primary-key index takes, in bytes: no stored
+# id is longer, whoever wrote it.
+MAX_STORED_ID_BYTES = 2704
+
+
+def lookup_id(value: str) -> str | None:
+    """An id to read or delete: any id that can be stored, whatever wrote it.
+    The Go service and SQL writers accepted ids today's rules refuse (one
+    with a space, say); the rules apply to creating an id, not to finding
+    it. None when no stored id can be `value` (a NUL: no backend keeps one);
+    Invalid when it is longer than any stored id can be."""
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_STORED_ID_BYTES:
+        raise Invalid("id is longer than any stored id can be", {"field": "id"})
+    return None if "\x00" in value else value
+
+
 def check_name(value: Any, field: str = "name") -> str:
     return _check_string(field, value, spaces=True)
 
 
-def check_tags(value: Any) -> tuple[str, ...]:
+def check_tags(value: Any) -> tuple[str, ...] | None:
+    """None when absent or null: an existing entry keeps its tags (as the Go
+    service did); `[]` clears them."""
     if value is None:
-        return ()
+        return None
     if not isinstance(value, list):
         raise Invalid("tags must be an array of strings", {"field": "tags"})
     if len(value) > MAX_TAGS:

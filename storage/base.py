@@ -14,6 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import orjson
 
 from storage.errors import NotFound
+from storage.legacy import Survey
 from storage.model import Entry, JsonPage, ListQuery, NewEntry, Position, to_micros
 from storage.reference import Reference, normalize_name
 from storage.sql import Statements, list_key, list_params
@@ -21,6 +22,10 @@ from storage.sql import Statements, list_key, list_params
 log = logging.getLogger("imagelist.storage")
 
 T = TypeVar("T")
+
+#: Entries whose reference keys one `compute_stale_keys` call computes at
+#: most: bounds the time a sweep holds a connection (~50 ms per 1,000).
+KEYS_BATCH = 1000
 P = ParamSpec("P")
 S = TypeVar("S", bound="Storage")
 
@@ -95,6 +100,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def migrate(self) -> None:
+        """Bring the schema up to date now, or raise: unlike `open`, a
+        database that is down is an error here (`imagelist --migrate`)."""
+        await self.open()
+
+    @abc.abstractmethod
+    async def survey(self) -> Survey:
+        """What migrating would find and do (`--migrate-dry-run`); changes nothing."""
+
     @abc.abstractmethod
     def pool_stats(self) -> PoolStats:
         """The connection pool now; cheap and synchronous (read at scrape time)."""
@@ -112,7 +126,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def _upsert(self, new: NewEntry) -> Row:
-        """Insert `new`, or set the tags of its existing id; the stored row."""
+        """Insert `new`, or set the tags of its existing id (`new.tags` None:
+        keep the entry as it is); the stored row."""
 
     @abc.abstractmethod
     def _to_entry(self, row: Row) -> Entry:
@@ -142,7 +157,9 @@ class Storage(abc.ABC):
 
     @observed
     async def put(self, new: NewEntry) -> Entry:
-        """Create, or update tags (only) of an existing id; return the stored row."""
+        """Create, or update tags (only) of an existing id; return the stored
+        row. `new.tags` None keeps an existing entry as it is (and creates
+        one without tags), as the Go service did."""
         stored = self._to_entry(await self._upsert(new))
         warn_if_unmatchable(stored)
         return stored
@@ -191,6 +208,14 @@ class Storage(abc.ABC):
             for row in await self._fetch_all(self.statements.match, self._match_params(refs)):
                 found[row[0]].append(self._to_entry(row[1:]))
         return [tuple(entries) for entries in found]
+
+    async def compute_stale_keys(self, limit: int = KEYS_BATCH) -> int:
+        """Compute the reference keys (storage.reference.reference_keys) of
+        at most `limit` entries that another writer (SQL, the Go service)
+        left without them; return how many. Until then such an entry allows
+        nothing. Only PostgreSQL has other writers: the SQLite file is
+        imagelist's alone, and its writes compute their keys."""
+        return 0
 
     async def iter_json_pages(self, query: ListQuery) -> AsyncIterator[JsonPage]:
         """Every matching entry as JSON text, one bounded page at a time:

@@ -93,6 +93,50 @@ UPDATE images SET entry_json = NULL;
 ALTER FUNCTION imagelist_entry_json() RENAME TO imagelist_entry_json_v1;
 """
     ),
+    # Rows from writers other than imagelist (the Go service during a rolling
+    # upgrade or after a rollback, an admin's psql). Their NULLs are filled
+    # (tags [], name "", a missing timestamp "now"), so every row reads back.
+    # Their reference keys are Python's to compute, so such a row is marked
+    # `keys_stale`, its keys cleared (it never matches on keys that are not
+    # its own), until the sweep (storage/sweep.py) computes them. imagelist's
+    # own writes compute the keys and say so (keys_stale = false); a rename
+    # by anyone else makes them stale again. Rows without keys from before
+    # this migration (written by SQL) are marked stale here. BEFORE triggers
+    # fire in name order: this one must run before images_entry_json renders
+    # the row, hence the leading digits. Idempotent, like the ones before.
+    Migration(
+        """
+ALTER TABLE images ADD COLUMN IF NOT EXISTS keys_stale boolean NOT NULL DEFAULT false;
+ALTER TABLE images ALTER COLUMN keys_stale SET DEFAULT true;
+CREATE INDEX IF NOT EXISTS images_keys_stale ON images (id) WHERE keys_stale;
+UPDATE images SET keys_stale = true WHERE norm_name IS NULL;
+CREATE OR REPLACE FUNCTION imagelist_row_defaults_v1() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.name := coalesce(NEW.name, '');
+    NEW.tags := coalesce(array_remove(NEW.tags, NULL), '{}');
+    IF TG_OP = 'INSERT' THEN
+        NEW.created_at := coalesce(NEW.created_at, now());
+        IF NEW.keys_stale THEN
+            NEW.norm_name := NULL;
+            NEW.digest := NULL;
+        END IF;
+    ELSE
+        NEW.created_at := coalesce(NEW.created_at, OLD.created_at);
+        IF NEW.id IS DISTINCT FROM OLD.id OR NEW.name IS DISTINCT FROM OLD.name THEN
+            NEW.keys_stale := true;
+            NEW.norm_name := NULL;
+            NEW.digest := NULL;
+        END IF;
+    END IF;
+    NEW.updated_at := coalesce(NEW.updated_at, now());
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS images_00_row_defaults ON images;
+CREATE TRIGGER images_00_row_defaults BEFORE INSERT OR UPDATE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagelist_row_defaults_v1();
+"""
+    ),
 )
 
 SQLITE: tuple[Migration, ...] = (

@@ -15,7 +15,8 @@ DEFAULT_SORT = "updated_at"
 class NewEntry:
     id: str
     name: str
-    tags: tuple[str, ...] = ()
+    #: None (no `tags` in the request) keeps an existing entry's tags.
+    tags: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,11 +23,12 @@ import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from storage.base import PoolStats, QueryObserver, Row, Storage
+import storage.legacy as legacy
+from storage.base import KEYS_BATCH, PoolStats, QueryObserver, Row, Storage
 from storage.errors import Invalid, StorageError, StorageUnavailable
 from storage.migrations import POSTGRES, KeyBackfill
 from storage.model import Entry, ListQuery, NewEntry, from_micros
-from storage.reference import Reference
+from storage.reference import Reference, reference_keys
 from storage.sql import SELECT_COLUMNS, backend_statements, list_params, pyformat, write_params
 
 log = logging.getLogger("imagelist.storage")
@@ -73,12 +74,35 @@ VERSION_SQL = "SELECT coalesce(max(version), 0) FROM imagelist_schema"
 SET_VERSION_SQL = "DELETE FROM imagelist_schema; INSERT INTO imagelist_schema VALUES (%(v)s)"
 READ_ONLY_SQL = "SHOW transaction_read_only"
 
+# Tags NULL (a PUT without tags) keeps the entry as it is, as the Go service
+# did. The keys computed here are for the name in the request, so they
+# replace the stored ones only when that is the stored name (which fixes a
+# row another writer left without keys).
 UPSERT_SQL = f"""
-INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
-VALUES (%(id)s, %(name)s, %(norm_name)s, %(digest)s, %(tags)s::text[], now(), now())
-ON CONFLICT (id) DO UPDATE SET tags = EXCLUDED.tags,
-                               updated_at = greatest(now(), images.updated_at)
+INSERT INTO images (id, name, norm_name, digest, keys_stale, tags, created_at, updated_at)
+VALUES (%(id)s, %(name)s, %(norm_name)s, %(digest)s, false,
+        coalesce(%(tags)s::text[], '{{}}'), now(), now())
+ON CONFLICT (id) DO UPDATE SET
+    tags = coalesce(%(tags)s::text[], images.tags),
+    updated_at = CASE WHEN %(tags)s::text[] IS NULL THEN images.updated_at
+                      ELSE greatest(now(), images.updated_at) END,
+    norm_name = CASE WHEN images.name = EXCLUDED.name THEN EXCLUDED.norm_name
+                     ELSE images.norm_name END,
+    digest = CASE WHEN images.name = EXCLUDED.name THEN EXCLUDED.digest ELSE images.digest END,
+    keys_stale = images.keys_stale AND images.name <> EXCLUDED.name
 RETURNING {SELECT_COLUMNS}
+"""
+# A batch of rows another writer left without keys; SKIP LOCKED so that
+# instances sweeping at once share the work instead of repeating it.
+STALE_KEYS_SQL = """
+SELECT id, name FROM images WHERE keys_stale ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+"""
+# Only where the name is still the one the keys were computed from.
+SET_STALE_KEYS_SQL = """
+UPDATE images SET norm_name = k.norm_name, digest = k.digest, keys_stale = false
+FROM unnest(%(ids)s::text[], %(names)s::text[], %(norms)s::text[], %(digests)s::text[])
+     AS k(id, name, norm_name, digest)
+WHERE images.id = k.id AND images.name = k.name
 """
 # For each reference, the entries that allow it, newest first: the newest
 # (the decision) and, for a tag reference, every entry that could pin it
@@ -273,6 +297,12 @@ class PostgresStorage(Storage):
 
     @staticmethod
     async def _migrate(cur: Any) -> None:
+        """Bring the schema up to date: one transaction under one lock, so
+        several instances starting at once migrate once, and a migration
+        that fails changes nothing (and is logged as applied by none)."""
+        started = time.monotonic()
+        applied: list[int] = []
+        adopted: int | None = None
         await cur.execute("BEGIN")
         try:
             await cur.execute(LOCK_SQL, {"key": MIGRATION_LOCK_KEY})
@@ -284,17 +314,65 @@ class PostgresStorage(Storage):
                 # not this (it would be cut off and retried for ever). The
                 # lock wait above stays bounded.
                 await cur.execute("SET LOCAL statement_timeout = 0")
+            if version == 0 and (await legacy.inspect_table(cur)).kind != "none":
+                # Not ours (ours comes with imagelist_schema): the Go
+                # service's table, converted to what migration 1 creates.
+                adopted = await legacy.adopt(cur)
             for number, migration in enumerate(POSTGRES[version:], start=version + 1):
                 await cur.execute(migration.sql)
                 if migration.recompute_keys:
                     await recompute_keys(cur)
                 await cur.execute(SET_VERSION_SQL, {"v": number})
-                log.info("schema_migrated", extra={"version": number})
+                applied.append(number)
             await cur.execute("COMMIT")
         except BaseException:
             if not cur.connection.closed:
                 await cur.execute("ROLLBACK")
             raise
+        for number in applied:
+            log.info("schema_migrated", extra={"version": number})
+        if adopted is not None:
+            log.info(
+                "legacy_schema_adopted",
+                extra={"rows": adopted, "seconds": round(time.monotonic() - started, 3)},
+            )
+
+    async def migrate(self) -> None:
+        try:
+            await self._get_pool()
+        except psycopg2.Error as exc:
+            raise StorageError(f"database error: {str(exc.pgerror or exc).strip()}") from exc
+
+    async def survey(self) -> legacy.Survey:
+        async def op(cur: Any) -> legacy.Survey:
+            await cur.execute("BEGIN")
+            try:
+                return await legacy.survey(cur, len(POSTGRES))
+            finally:
+                await cur.execute("ROLLBACK")
+
+        return await self._run_unmigrated(op)
+
+    async def _run_unmigrated(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(cursor)` on a connection of its own, without migrating
+        (the pool migrates on connect): for looking before migrating."""
+        errors = []
+        for dsn in self._hosts:
+            try:
+                async with (
+                    aiopg.connect(dsn, timeout=MIGRATION_TIMEOUT, enable_hstore=False) as conn,
+                    conn.cursor() as cur,
+                ):
+                    if self._want_rw:
+                        await cur.execute(READ_ONLY_SQL)
+                        if (await cur.fetchone())[0] == "on":
+                            raise psycopg2.OperationalError("server is read-only")
+                    return await op(cur)
+            except _CONNECTION_ERRORS as exc:
+                errors.append(str(exc).strip() or type(exc).__name__)
+            except psycopg2.Error as exc:
+                raise StorageError(f"database error: {str(exc.pgerror or exc).strip()}") from exc
+        raise StorageUnavailable("database unavailable: " + "; ".join(errors))
 
     async def _run(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run `op(cursor)` on a pooled connection, first in first served."""
@@ -388,7 +466,8 @@ class PostgresStorage(Storage):
         await self._run(op)
 
     async def _upsert(self, new: NewEntry) -> Row:
-        row = await self._fetch_one(UPSERT_SQL, {**write_params(new), "tags": list(new.tags)})
+        tags = None if new.tags is None else list(new.tags)
+        row = await self._fetch_one(UPSERT_SQL, {**write_params(new), "tags": tags})
         if row is None:  # RETURNING always returns the row
             raise StorageError("the upsert returned no row")
         return row
@@ -415,3 +494,29 @@ class PostgresStorage(Storage):
             "tags": [r.tag for r in refs],
             "digests": [r.digest for r in refs],
         }
+
+    async def compute_stale_keys(self, limit: int = KEYS_BATCH) -> int:
+        async def op(cur: Any) -> int:
+            await cur.execute("BEGIN")
+            try:
+                await cur.execute(STALE_KEYS_SQL, {"limit": limit})
+                rows: list[tuple[str, str]] = list(await cur.fetchall())
+                if rows:
+                    keys = [reference_keys(name, entry_id) for entry_id, name in rows]
+                    await cur.execute(
+                        SET_STALE_KEYS_SQL,
+                        {
+                            "ids": [entry_id for entry_id, _ in rows],
+                            "names": [name for _, name in rows],
+                            "norms": [norm for norm, _ in keys],
+                            "digests": [digest for _, digest in keys],
+                        },
+                    )
+                await cur.execute("COMMIT")
+            except BaseException:
+                if not cur.connection.closed:
+                    await cur.execute("ROLLBACK")
+                raise
+            return len(rows)
+
+        return await self._run(op)

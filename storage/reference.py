@@ -97,6 +97,9 @@ def _parse_reference(text: str) -> Reference:
     return Reference(name=name, tag=tag or DEFAULT_TAG)
 
 
+# Memoized like the parses above: a table holds many ids per repository, so
+# computing every entry's keys (a migration, the sweep) parses each name once.
+@functools.lru_cache(maxsize=4096)
 def normalize_name(name: str) -> str | None:
     """The normalized repository name an entry's `name` stands for, or None
     when it is not a repository name (has a tag or digest, bad syntax)."""

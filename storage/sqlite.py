@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from storage.base import PoolStats, QueryObserver, Row, Storage
 from storage.errors import StorageUnavailable
+from storage.legacy import Survey
 from storage.migrations import SQLITE, KeyBackfill, split_statements
 from storage.model import Entry, NewEntry, from_micros, to_micros
 from storage.reference import Reference
@@ -32,6 +33,7 @@ from storage.sql import (
 
 T = TypeVar("T")
 
+SURVEY_SQL = "SELECT id, name, tags FROM images ORDER BY id"
 KEYS_PAGE_SQL = "SELECT id, name FROM images WHERE id > :after ORDER BY id LIMIT :limit"
 SET_KEYS_SQL = "UPDATE images SET norm_name = ?, digest = ? WHERE id = ?"
 
@@ -46,11 +48,15 @@ def recompute_keys(conn: sqlite3.Connection) -> None:
         )
 
 
+# Tags NULL (a PUT without tags) keeps an existing entry as it is, as the Go
+# service did.
 UPSERT_SQL = f"""
 INSERT INTO images (id, name, norm_name, digest, tags, created_at, updated_at)
-VALUES (:id, :name, :norm_name, :digest, :tags, :now, :now)
-ON CONFLICT (id) DO UPDATE SET tags = excluded.tags,
-                               updated_at = max(:now, images.updated_at)
+VALUES (:id, :name, :norm_name, :digest, coalesce(:tags, '[]'), :now, :now)
+ON CONFLICT (id) DO UPDATE SET
+    tags = coalesce(:tags, images.tags),
+    updated_at = CASE WHEN :tags IS NULL THEN images.updated_at
+                      ELSE max(:now, images.updated_at) END
 RETURNING {SELECT_COLUMNS}
 """
 # As in storage/postgres.py: per reference, the newest allowing entry and,
@@ -146,6 +152,29 @@ class SqliteStorage(Storage):
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
+    async def survey(self) -> Survey:
+        def look() -> Survey:
+            if not os.path.exists(self.path):
+                return Survey("none", 0, len(SQLITE), {}, [], [])
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                rows = conn.execute(SURVEY_SQL).fetchall() if version else []
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"SQLite {self.path}: {exc}") from exc
+            finally:
+                conn.close()
+            return Survey(
+                "imagelist" if version else "none",
+                version,
+                len(SQLITE),
+                {},
+                [],
+                [(r[0], r[1], tuple(json.loads(r[2]))) for r in rows],
+            )
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, look)
+
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -186,7 +215,7 @@ class SqliteStorage(Storage):
     async def _upsert(self, new: NewEntry) -> Row:
         params = {
             **write_params(new),
-            "tags": json.dumps(list(new.tags), ensure_ascii=False),
+            "tags": None if new.tags is None else json.dumps(list(new.tags), ensure_ascii=False),
             "now": _now_micros(),
         }
 

@@ -28,6 +28,7 @@ RELEASED = {
         "abf00fc4bbf1dc118776c88a24f79352e8640d278d6fcf90dcfed909d150bbeb",
         "0f5d3c3f4af29e55df07adfcb3e6150cab400d386d7bd823901d4e9ed08c02d0",
         "95ffbd48057b1fff72798bb293a6ad5763cb2bfe93c33afbbed00a960c75f574",
+        "f8ad406244baa1d65b5b52c8f9f47a52650ee1d6eb3e922d8d7965e502d7b6a3",
     ],
     "sqlite": [
         "6586c257ab619afa73f818f36bb63176464b5ddcc36b0a7049424e6299f32a31",

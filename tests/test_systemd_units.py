@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from config.options import build_parser, env_name, load_config
+from config.options import COMMAND_LINE_ONLY, build_parser, env_name, load_config
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = ["imagelist.service", "imagelist@.service"]
@@ -88,7 +88,7 @@ def test_example_environment_file_names_every_option_and_only_real_ones() -> Non
     options = {
         env_name(a.dest.replace("_", "-"))
         for a in build_parser({})._actions
-        if a.option_strings and a.dest != "help"
+        if a.option_strings and a.dest not in COMMAND_LINE_ONLY
     }
     assert set(example_env()) == options
 

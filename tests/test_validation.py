@@ -10,14 +10,14 @@ from storage.errors import Invalid
 from storage.model import NewEntry
 
 GOOD = [
-    ({"id": "a", "name": "n"}, NewEntry("a", "n", ())),
+    ({"id": "a", "name": "n"}, NewEntry("a", "n", None)),
     (
         {"id": "sha256:" + "f" * 64, "name": "quay.io/x/y", "tags": ["1", "2", "1"]},
         NewEntry("sha256:" + "f" * 64, "quay.io/x/y", ("1", "2")),
     ),
     ({"id": "x" * 255, "name": "n" * 255, "tags": []}, NewEntry("x" * 255, "n" * 255, ())),
-    ({"id": "a", "name": "name with space", "tags": None}, NewEntry("a", "name with space", ())),
-    ({"id": "a", "name": "n", "unknown": 1}, NewEntry("a", "n", ())),
+    ({"id": "a", "name": "name with space", "tags": None}, NewEntry("a", "name with space", None)),
+    ({"id": "a", "name": "n", "unknown": 1}, NewEntry("a", "n", None)),
 ]
 
 BAD = [
