@@ -41,6 +41,10 @@ setup(
             # Property tests: random write sequences through two instances and
             # SQL must leave every admission replica equal to the table.
             "hypothesis>=6",
+            # RFC 6902 JSON Patch, to apply the patches /admission/mutate
+            # answers as the API server would, instead of trusting our own
+            # reading of them.
+            "jsonpatch>=1.33",
         ],
     },
     # Served at /openapi.yaml by an installed daemon (handlers/docs.py).

@@ -156,6 +156,14 @@ class Metrics:
             ["endpoint", "result"],
             registry=r,
         )
+        self.admission_pins = Counter(
+            "imagelist_admission_pins_total",
+            "Image references rewritten to the digest CI recorded, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        for endpoint in ("mutate", "gatekeeper_mutate"):  # exported from 0, for rate()
+            self.admission_pins.labels(endpoint)
 
         self.db_query_seconds = Histogram(
             "imagelist_db_query_duration_seconds",

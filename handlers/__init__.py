@@ -19,6 +19,7 @@ from handlers.docs import OpenApiDocument, OpenApiJsonHandler, OpenApiYamlHandle
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
 from handlers.images import EntriesHandler, EntryHandler
 from handlers.metrics import MetricsHandler
+from handlers.mutation import GatekeeperMutateHandler, MutateHandler
 
 __all__ = ["AppContext", "make_app", "route_pattern"]
 
@@ -33,6 +34,8 @@ HANDLERS: tuple[type[BaseHandler], ...] = (
     ValidateHandler,
     ImagePolicyHandler,
     GatekeeperHandler,
+    MutateHandler,
+    GatekeeperMutateHandler,
     OpenApiYamlHandler,
     OpenApiJsonHandler,
 )

@@ -5,6 +5,8 @@
 - POST /admission/imagepolicy    ImagePolicyWebhook backend, ImageReview v1alpha1
 - POST /admission/gatekeeper     OPA Gatekeeper external-data provider
 
+Digest pinning (the mutating side) is in handlers/mutation.py.
+
 These are called by the API server (or Gatekeeper), not by writers, so they
 take no bearer token; protect them with TLS and the network instead.
 
@@ -24,6 +26,7 @@ reason, and are logged, so a policy can be rolled out by watching first.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import structlog
@@ -137,6 +140,9 @@ class AllowedHandler(AdmissionHandler):
                 "image": decision.resolved,
                 "reason": decision.reason,
                 "entry": entry_json(decision.entry) if decision.entry else None,
+                # What /admission/mutate would rewrite it to, so a pipeline
+                # can deploy the pinned reference itself.
+                "pin": decision.pinned,
             }
         )
 
@@ -167,6 +173,73 @@ def _image_list(values: Any, field: str) -> list[str]:
     return values
 
 
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    """The parts of an AdmissionReview v1 request that admission reads."""
+
+    uid: str
+    group: str
+    kind: str
+    operation: str
+    namespace: Any
+    name: Any
+    object: dict[str, Any] | None
+    old_object: dict[str, Any] | None
+
+    def containers(self, old: bool = False) -> list[Container]:
+        """Every container the object (or the old object) would run."""
+        field, obj = ("oldObject", self.old_object) if old else ("object", self.object)
+        try:
+            return pod_containers(self.group, self.kind, obj)
+        except MalformedObject as exc:
+            raise ApiError(400, f"malformed request.{field}: {exc}") from None
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "operation": self.operation,
+        }
+
+
+def admission_request(body: Any) -> AdmissionRequest:
+    """The request of an AdmissionReview v1, checked; ApiError 400 if not one."""
+    review = _typed_body(body, (ADMISSION_API,), "AdmissionReview")
+    request = _object(review.get("request"), "request")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ApiError(400, "request.uid must be a non-empty string")
+    kind = _object(request.get("kind"), "request.kind")
+    group, kind_name = kind.get("group", ""), kind.get("kind")
+    if not isinstance(group, str) or not isinstance(kind_name, str):
+        raise ApiError(400, "request.kind must have string group and kind")
+    operation = request.get("operation")
+    if operation not in OPERATIONS:
+        raise ApiError(400, f"request.operation must be one of {', '.join(OPERATIONS)}")
+    objects = {}
+    for field in ("object", "oldObject"):
+        value = request.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise ApiError(400, f"request.{field} must be an object or null")
+        objects[field] = value
+    return AdmissionRequest(
+        uid=uid,
+        group=group,
+        kind=kind_name,
+        operation=operation,
+        namespace=request.get("namespace"),
+        name=request.get("name"),
+        object=objects["object"],
+        old_object=objects["oldObject"],
+    )
+
+
+def admission_review(response: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": ADMISSION_API, "kind": "AdmissionReview", "response": response}
+
+
 class ValidateHandler(AdmissionHandler, BodyHandler):
     """ValidatingAdmissionWebhook backend (admissionReviewVersions: ["v1"])."""
 
@@ -174,29 +247,10 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
     endpoint = "validate"
 
     async def post(self) -> None:
-        review = _typed_body(self.json_body(), (ADMISSION_API,), "AdmissionReview")
-        request = _object(review.get("request"), "request")
-        uid = request.get("uid")
-        if not isinstance(uid, str) or not uid:
-            raise ApiError(400, "request.uid must be a non-empty string")
-        kind = _object(request.get("kind"), "request.kind")
-        group, kind_name = kind.get("group", ""), kind.get("kind")
-        if not isinstance(group, str) or not isinstance(kind_name, str):
-            raise ApiError(400, "request.kind must have string group and kind")
-        operation = request.get("operation")
-        if operation not in OPERATIONS:
-            raise ApiError(400, f"request.operation must be one of {', '.join(OPERATIONS)}")
-        obj = request.get("object")
-        if obj is not None and not isinstance(obj, dict):
-            raise ApiError(400, "request.object must be an object or null")
-
+        review = admission_request(self.json_body())
+        uid = review.uid
         # Deleting never starts a container; other verbs run the new object.
-        containers: list[Container] = []
-        if operation != "DELETE":
-            try:
-                containers = pod_containers(group, kind_name, obj)
-            except MalformedObject as exc:
-                raise ApiError(400, f"malformed request.object: {exc}") from None
+        containers = [] if review.operation == "DELETE" else review.containers()
         result, lines, summary = await self.judge(
             [c.reference for c in containers],
             lambda decisions: [
@@ -217,18 +271,8 @@ class ValidateHandler(AdmissionHandler, BodyHandler):
             }
         elif result == "warned":
             response["warnings"] = [WARN_PREFIX + line for line in lines]
-        self.log_denials(
-            result,
-            lines,
-            uid=uid,
-            kind=kind_name,
-            namespace=request.get("namespace"),
-            name=request.get("name"),
-            operation=operation,
-        )
-        self.write_json(
-            {"apiVersion": ADMISSION_API, "kind": "AdmissionReview", "response": response}
-        )
+        self.log_denials(result, lines, **review.log_fields())
+        self.write_json(admission_review(response))
 
 
 def _denial_line(container: Container, decision: Decision) -> str:
@@ -273,6 +317,24 @@ class ImagePolicyHandler(AdmissionHandler, BodyHandler):
         )
 
 
+def provider_request(body: Any) -> tuple[str, list[str]]:
+    """A Gatekeeper ProviderRequest's apiVersion and keys; ApiError 400 if
+    not one."""
+    body = _typed_body(body, GATEKEEPER_APIS, "ProviderRequest")
+    request = _object(body.get("request"), "request")
+    return body["apiVersion"], _image_list(request.get("keys", []), "request.keys")
+
+
+def provider_response(
+    api_version: str, items: list[dict[str, Any]], *, idempotent: bool
+) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": "ProviderResponse",
+        "response": {"idempotent": idempotent, "items": items},
+    }
+
+
 class GatekeeperHandler(AdmissionHandler, BodyHandler):
     """OPA Gatekeeper external-data provider: one item per key; `error` is
     set for each key that is not allowed, which the Rego turns into a
@@ -282,9 +344,7 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
     endpoint = "gatekeeper"
 
     async def post(self) -> None:
-        body = _typed_body(self.json_body(), GATEKEEPER_APIS, "ProviderRequest")
-        request = _object(body.get("request"), "request")
-        keys = _image_list(request.get("keys", []), "request.keys")
+        api_version, keys = provider_request(self.json_body())
         try:
             decisions = await decide(self.ctx.decisions, keys)
         except TooManyReferences as exc:
@@ -294,7 +354,7 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
             self.log_denials("denied", [exc.message])
             self.write_json(
                 {
-                    "apiVersion": body["apiVersion"],
+                    "apiVersion": api_version,
                     "kind": "ProviderResponse",
                     "response": {"idempotent": False, "items": [], "systemError": exc.message},
                 }
@@ -318,11 +378,5 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
             items.append(item)
         denied = [f"image {d.describe()}" for d in decisions.values() if not d.allowed]
         self.log_denials(result, denied)
-        self.write_json(
-            {
-                "apiVersion": body["apiVersion"],
-                "kind": "ProviderResponse",
-                # Not idempotent over time: a PUT or DELETE changes answers.
-                "response": {"idempotent": False, "items": items},
-            }
-        )
+        # Not idempotent over time: a PUT or DELETE changes answers.
+        self.write_json(provider_response(api_version, items, idempotent=False))

@@ -14,13 +14,14 @@ from typing import Protocol
 
 from handlers.errors import ApiError
 from storage.model import Entry
+from storage.pinning import pin_digest, pinned
 from storage.reference import InvalidReference, Reference, parse_reference
 
 
 class Matcher(Protocol):
     """A Storage, or the Replica in front of it."""
 
-    def match(self, refs: Sequence[Reference]) -> Awaitable[list[Entry | None]]: ...
+    def match(self, refs: Sequence[Reference]) -> Awaitable[list[tuple[Entry, ...]]]: ...
 
 
 # Longest slice of an invalid reference quoted back in messages and logs.
@@ -48,6 +49,7 @@ class Decision:
     reference: Reference | None  # parsed; None: not a valid reference
     entry: Entry | None  # the entry that allows it
     reason: str
+    pin: str | None = None  # the digest to pin a tag reference to (storage.pinning)
 
     @property
     def allowed(self) -> bool:
@@ -57,6 +59,11 @@ class Decision:
     def resolved(self) -> str | None:
         """The reference as distribution's ParseDockerRef renders it."""
         return None if self.reference is None else str(self.reference)
+
+    @property
+    def pinned(self) -> str | None:
+        """The reference as written with the pinning digest, or None."""
+        return None if self.pin is None else pinned(self.written, self.pin)
 
     def describe(self) -> str:
         """`<reference> (<resolved>): <reason>`, for denial lists."""
@@ -98,12 +105,20 @@ async def decide(storage: Matcher, written: Sequence[str]) -> dict[str, Decision
             except InvalidReference as exc:
                 parsed[text] = exc
     lookups = list({p for p in parsed.values() if isinstance(p, Reference)})
-    entries = dict(zip(lookups, await storage.match(lookups), strict=True)) if lookups else {}
+    found = dict(zip(lookups, await storage.match(lookups), strict=True)) if lookups else {}
     decisions = {}
     for text, reference in parsed.items():
         if isinstance(reference, InvalidReference):
             decisions[text] = Decision(text, None, None, f"invalid image reference: {reference}")
         else:
-            entry = entries[reference]
-            decisions[text] = Decision(text, reference, entry, _reason(reference, entry))
+            decisions[text] = decision(text, reference, found[reference])
     return decisions
+
+
+def decision(written: str, reference: Reference, allowing: Sequence[Entry]) -> Decision:
+    """The decision on a valid reference from the entries that allow it,
+    newest first (Storage.match's answer)."""
+    entry = allowing[0] if allowing else None
+    return Decision(
+        written, reference, entry, _reason(reference, entry), pin_digest(reference, allowing)
+    )

@@ -42,6 +42,17 @@ class Container:
     location: str  # e.g. spec.template.spec.initContainers[0]
     name: str  # the container's name ("" when it has none)
     reference: str  # its image, as written
+    pointer: str  # JSON Pointer to the image field, e.g. /spec/template/spec/containers/0/image
+
+
+def controller_owned(obj: Any) -> bool:
+    """Whether a controller made this object (an ownerReference with
+    controller: true), e.g. a ReplicaSet of a Deployment."""
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    owners = metadata.get("ownerReferences") if isinstance(metadata, dict) else None
+    if not isinstance(owners, list):
+        return False
+    return any(isinstance(o, dict) and o.get("controller") is True for o in owners)
 
 
 def pod_containers(group: str, kind: str, obj: Any) -> list[Container]:
@@ -62,6 +73,7 @@ def pod_containers(group: str, kind: str, obj: Any) -> list[Container]:
     if not isinstance(spec, dict):
         raise MalformedObject(f"{kind} {'.'.join(path)} is not an object")
     prefix = ".".join(path) + "." if path else ""
+    pointer = "".join(f"/{key}" for key in path)
     found = []
     for list_name in CONTAINER_LISTS:
         containers = spec.get(list_name)
@@ -79,5 +91,12 @@ def pod_containers(group: str, kind: str, obj: Any) -> list[Container]:
             if not isinstance(image, str):
                 raise MalformedObject(f"{kind} {location}.image is not a string")
             name = container.get("name")
-            found.append(Container(location, name if isinstance(name, str) else "", image))
+            found.append(
+                Container(
+                    location,
+                    name if isinstance(name, str) else "",
+                    image,
+                    f"{pointer}/{list_name}/{n}/image",
+                )
+            )
     return found

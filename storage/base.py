@@ -198,21 +198,26 @@ class Storage(abc.ABC):
         return json_page(query.sort, [r[0] for r in rows])
 
     @observed
-    async def match(self, refs: Sequence[Reference]) -> list[Entry | None]:
-        """For each reference, the entry that allows it, else None; in one
-        indexed query whatever the number of references.
+    async def match(self, refs: Sequence[Reference]) -> list[tuple[Entry, ...]]:
+        """For each reference, the entries that allow it, newest first (by
+        `updated_at`, then the greatest id, the same on both backends); ()
+        when none does. One indexed query whatever the number of references.
 
         An entry allows `name:tag` when its normalized name is `name` and it
         lists `tag`; it allows `name@digest` when its normalized name is
         `name` and its id stands for `digest` (storage.reference.id_digest).
-        Of several such entries, the most recently updated one (then the
-        greatest id) is returned, the same on both backends.
+
+        Not every allowing entry comes back, only what decisions need: the
+        first is the newest, the entry that decides; for a tag reference
+        the rest include every entry storage.pinning.pin_digest could
+        choose (the newest repo-digest id of each spelling of a repository).
         """
-        found: list[Entry | None] = [None] * len(refs)
+        found: list[list[Entry]] = [[] for _ in refs]
         if refs:
+            # Rows come in answer order: by reference, newest first.
             for row in await self._fetch_all(self.statements.match, self._match_params(refs)):
-                found[row[0]] = self._to_entry(row[1:])
-        return found
+                found[row[0]].append(self._to_entry(row[1:]))
+        return [tuple(entries) for entries in found]
 
     async def compute_stale_keys(self, limit: int = KEYS_BATCH) -> int:
         """Compute the reference keys (storage.reference.reference_keys) of

@@ -105,19 +105,29 @@ FROM unnest(%(ids)s::text[], %(names)s::text[], %(norms)s::text[], %(digests)s::
      AS k(id, name, norm_name, digest)
 WHERE images.id = k.id AND images.name = k.name
 """
-# One row per reference that some entry allows: the entry ranked first.
+# For each reference, the entries that allow it, newest first: the newest
+# (the decision) and, for a tag reference, every entry that could pin it
+# (storage.pinning): the newest repo-digest id of each repository spelling
+# (the id's text before '@'; one spelling normalizes one way), so a tag
+# listed by thousands of old entries still returns a handful of rows.
 MATCH_SQL = f"""
 SELECT i, {SELECT_COLUMNS} FROM (
     SELECT q.i, images.*,
            row_number() OVER (PARTITION BY q.i ORDER BY images.updated_at DESC, images.id DESC)
-               AS rank
+               AS rank,
+           q.digest IS NULL AND images.digest IS NOT NULL AND strpos(images.id, '@') > 0
+               AS may_pin,
+           row_number() OVER (PARTITION BY q.i, split_part(images.id, '@', 1)
+                              ORDER BY images.updated_at DESC, images.id DESC)
+               AS spelling_rank
     FROM unnest(%(idx)s::int[], %(names)s::text[], %(tags)s::text[], %(digests)s::text[])
          AS q(i, name, tag, digest)
     JOIN images ON images.norm_name = q.name
      AND CASE WHEN q.digest IS NOT NULL THEN images.digest = q.digest
               ELSE q.tag = ANY(images.tags) END
 ) AS matched
-WHERE rank = 1
+WHERE rank = 1 OR (may_pin AND spelling_rank = 1)
+ORDER BY i, updated_at DESC, id DESC
 """
 
 # Errors that mean "this connection or server is unusable right now".

@@ -444,13 +444,13 @@ class Replica:
 
     # -- decisions ----------------------------------------------------------------
 
-    async def match(self, refs: Sequence[Reference]) -> list[Entry | None]:
+    async def match(self, refs: Sequence[Reference]) -> list[tuple[Entry, ...]]:
         """`Storage.match`, answered from the replica where it may be."""
         with contextlib.suppress(StorageError):
             # Failing, it leaves the replica not current: see below.
             await self.feed.refresh()
         now = time.monotonic()
-        found: list[Entry | None] = [self.index.find(ref) for ref in refs]
+        found: list[tuple[Entry, ...]] = [self.index.allowing(ref) for ref in refs]
         if self.current(now):
             if self.feed.exact or all(found):
                 return found
@@ -470,9 +470,9 @@ class Replica:
         return answer
 
     async def _confirm(
-        self, refs: Sequence[Reference], found: list[Entry | None]
-    ) -> list[Entry | None]:
-        missing = [i for i, entry in enumerate(found) if entry is None]
+        self, refs: Sequence[Reference], found: list[tuple[Entry, ...]]
+    ) -> list[tuple[Entry, ...]]:
+        missing = [i for i, allowing in enumerate(found) if not allowing]
         if time.monotonic() < self._unreachable_until:
             self._count("confirm_unavailable", 1)
             return found
@@ -480,16 +480,16 @@ class Replica:
         if answer is None:
             self._count("confirm_unavailable", 1)
             return found
-        for i, entry in zip(missing, answer, strict=True):
-            if entry is not None:
+        for i, allowing in zip(missing, answer, strict=True):
+            if allowing:
                 # Written elsewhere, its notice not applied yet.
-                found[i] = entry
+                found[i] = allowing
                 self._count("confirm_allowed", 1)
             else:
                 self._count("confirm_denied", 1)
         return found
 
-    async def _ask(self, refs: Sequence[Reference]) -> list[Entry | None] | None:
+    async def _ask(self, refs: Sequence[Reference]) -> list[tuple[Entry, ...]] | None:
         """The database's answer within CONFIRM_TIMEOUT, or None. A query
         that overruns is left to finish on its own bounds rather than
         cancelled: cancelling an aiopg query closes its connection."""

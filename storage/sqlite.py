@@ -62,7 +62,8 @@ ON CONFLICT (id) DO UPDATE SET
                       ELSE max(:now, images.updated_at) END
 RETURNING {SELECT_COLUMNS}
 """
-# One row per reference that some entry allows: the entry ranked first.
+# As in storage/postgres.py: per reference, the newest allowing entry and,
+# for a tag reference, the newest repo-digest id of each repository spelling.
 # The references arrive as one JSON array of [name, tag, digest] triples.
 MATCH_SQL = f"""
 WITH q(i, name, tag, digest) AS (
@@ -73,12 +74,18 @@ WITH q(i, name, tag, digest) AS (
 SELECT i, {SELECT_COLUMNS} FROM (
     SELECT q.i AS i, images.*,
            row_number() OVER (PARTITION BY q.i ORDER BY images.updated_at DESC, images.id DESC)
-               AS rank
+               AS rank,
+           q.digest IS NULL AND images.digest IS NOT NULL AND instr(images.id, '@') > 0
+               AS may_pin,
+           row_number() OVER (PARTITION BY q.i, substr(images.id, 1, instr(images.id, '@'))
+                              ORDER BY images.updated_at DESC, images.id DESC)
+               AS spelling_rank
     FROM q JOIN images ON images.norm_name = q.name
      AND CASE WHEN q.digest IS NOT NULL THEN images.digest = q.digest
               ELSE EXISTS (SELECT 1 FROM json_each(images.tags) AS t WHERE t.value = q.tag) END
 )
-WHERE rank = 1
+WHERE rank = 1 OR (may_pin AND spelling_rank = 1)
+ORDER BY i, updated_at DESC, id DESC
 """
 
 

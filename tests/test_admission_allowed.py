@@ -162,7 +162,13 @@ async def test_storage_match_answers_in_order(ctx) -> None:
         for r in ("quay.io/x:1", "nginx:1.25", f"nginx@sha256:{H_NGINX}", "nginx:2", "nginx:1.25")
     ]
     found = await ctx.storage.match(refs)
-    assert [e.id if e else None for e in found] == [None, H_NGINX, H_NGINX, None, H_NGINX]
+    assert [[e.id for e in entries] for entries in found] == [
+        [],
+        [H_NGINX],
+        [H_NGINX],
+        [],
+        [H_NGINX],
+    ]
 
 
 @pytest.mark.gen_test

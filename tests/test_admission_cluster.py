@@ -77,6 +77,10 @@ async def test_database_down_past_replica_max_age_is_a_quick_503_then_recovers(
             ("POST", "/admission/imagepolicy", image_review("nginx:1.25")),
             ("POST", "/admission/gatekeeper", provider_request("nginx:1.25")),
             ("GET", "/allowed?image=nginx:1.25", None),
+            # Not knowing the digest is not "nothing to pin": the webhook's
+            # failurePolicy decides, as for validation.
+            ("POST", "/admission/mutate", admission_review("Pod", pod_spec(["nginx:1.25"]))),
+            ("POST", "/admission/gatekeeper/mutate", provider_request("nginx:1.25")),
         ]
         for method, path, body in calls:
             # The bound only detects a hang; the API server's own timeout

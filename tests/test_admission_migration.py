@@ -98,6 +98,6 @@ async def test_migration_runs_once(ctx) -> None:
     try:
         assert await again.count() == len(OLD_ROWS)
         found = await again.match([parse_reference("myorg/apache2:2.4")])
-        assert found[0] is not None and found[0].id == H
+        assert [e.id for e in found[0]] == [H]
     finally:
         await again.close()

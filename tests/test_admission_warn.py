@@ -4,6 +4,9 @@ and counted."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 import structlog
 from k8s import admission_review, image_review, pod_spec, provider_request
@@ -79,3 +82,20 @@ async def test_warned_decisions_are_counted_and_allowed_tells_the_truth(api) -> 
     text = (await api.get("/metrics")).body.decode()
     assert 'imagelist_admission_decisions_total{endpoint="validate",result="warned"} 1.0' in text
     assert 'imagelist_admission_decisions_total{endpoint="allowed",result="denied"} 1.0' in text
+
+
+@pytest.mark.gen_test
+async def test_pinning_still_happens_and_admits_nothing_new(api) -> None:
+    digest = "sha256:" + "7" * 64
+    await api.put({"id": f"nginx@{digest}", "name": "nginx", "tags": ["1.25"]})
+    review = admission_review("Pod", pod_spec([OK, DENIED]))
+    response = (await post(api, "/admission/mutate", review))["response"]
+    assert response["allowed"] is True and "warnings" not in response
+    patch = json.loads(base64.b64decode(response["patch"]))
+    assert patch == [
+        {"op": "replace", "path": "/spec/containers/0/image", "value": f"{OK}@{digest}"}
+    ]
+    items = (await post(api, "/admission/gatekeeper/mutate", provider_request(OK, DENIED)))[
+        "response"
+    ]["items"]
+    assert [item["value"] for item in items] == [f"{OK}@{digest}", DENIED]

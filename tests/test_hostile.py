@@ -49,7 +49,13 @@ async def test_very_long_query_strings_and_paths_are_400(api) -> None:
 
 @pytest.mark.gen_test
 async def test_wrong_json_shapes_on_admission_endpoints_are_400(api) -> None:
-    for path in ("/admission/validate", "/admission/imagepolicy", "/admission/gatekeeper"):
+    for path in (
+        "/admission/validate",
+        "/admission/imagepolicy",
+        "/admission/gatekeeper",
+        "/admission/mutate",
+        "/admission/gatekeeper/mutate",
+    ):
         for raw in (
             b"",
             b"[]",

@@ -4,6 +4,8 @@ real HTTP app); the Gatekeeper Rego is evaluated with a Rego engine."""
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
 import subprocess
 import sys
@@ -11,16 +13,23 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import pytest
 import yaml
 from k8s import KINDS, admission_review, image_review, pod_spec, provider_request
+
+from handlers.workloads import CONTAINER_LISTS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "kubernetes"
 
 
+def load_all(name: str) -> list[dict[str, Any]]:
+    return list(yaml.safe_load_all((EXAMPLES / name).read_text()))
+
+
 def load(name: str) -> dict[str, Any]:
-    docs = list(yaml.safe_load_all((EXAMPLES / name).read_text()))
+    docs = load_all(name)
     assert len(docs) == 1, name
     return docs[0]
 
@@ -32,10 +41,10 @@ def webhook() -> dict[str, Any]:
 
 def test_every_example_is_yaml() -> None:
     files = sorted(EXAMPLES.rglob("*.yaml"))
-    assert len(files) == 6
+    assert len(files) == 9
     for path in files:
-        doc = yaml.safe_load(path.read_text())
-        assert doc["apiVersion"] and doc["kind"], path
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["apiVersion"] and doc["kind"], path
 
 
 def test_validating_webhook(webhook) -> None:
@@ -52,6 +61,31 @@ def test_validating_webhook(webhook) -> None:
     assert expression["key"] == "kubernetes.io/metadata.name"
     assert expression["operator"] == "NotIn"
     assert set(expression["values"]) == {"kube-system", service["namespace"]}
+
+
+def test_mutating_webhook_pins_what_the_validating_one_checks(webhook) -> None:
+    mutating = load("mutating-webhook.yaml")
+    assert mutating["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert mutating["kind"] == "MutatingWebhookConfiguration"
+    (hook,) = mutating["webhooks"]
+    (checks,) = webhook["webhooks"]
+    assert hook["clientConfig"]["service"]["path"] == "/admission/mutate"
+    # A sidecar injected by a later webhook gets pinned too.
+    assert hook["reinvocationPolicy"] == "IfNeeded"
+    # The same exemptions, failure policy, timeout and kinds as validation.
+    for key in (
+        "admissionReviewVersions",
+        "sideEffects",
+        "failurePolicy",
+        "timeoutSeconds",
+        "matchPolicy",
+        "namespaceSelector",
+        "rules",
+    ):
+        assert hook[key] == checks[key], key
+    service = {k: v for k, v in hook["clientConfig"]["service"].items() if k != "path"}
+    assert service == {k: v for k, v in checks["clientConfig"]["service"].items() if k != "path"}
+    assert mutating["metadata"]["annotations"] == webhook["metadata"]["annotations"]
 
 
 def test_webhook_rules_cover_every_kind_imagelist_checks(webhook) -> None:
@@ -116,6 +150,80 @@ def test_gatekeeper_provider_template_and_constraint() -> None:
     assert matched == {(group, kind) for kind, (group, *_) in KINDS.items()}
 
 
+def test_gatekeeper_pin_provider_and_assign_mutators() -> None:
+    provider = load("gatekeeper/provider-pin.yaml")
+    assert provider["kind"] == "Provider"
+    url = urllib.parse.urlsplit(provider["spec"]["url"])
+    assert url.scheme == "https" and url.path == "/admission/gatekeeper/mutate"
+    assert provider["spec"]["caBundle"]
+    constraint = load("gatekeeper/constraint.yaml")
+    assigns = load_all("gatekeeper/assign-pin.yaml")
+    locations = set()
+    for assign in assigns:
+        assert assign["apiVersion"] == "mutations.gatekeeper.sh/v1"
+        assert assign["kind"] == "Assign"
+        assert assign["spec"]["applyTo"] == [{"groups": [""], "kinds": ["Pod"], "versions": ["v1"]}]
+        match = assign["spec"]["match"]
+        assert match["excludedNamespaces"] == constraint["spec"]["match"]["excludedNamespaces"]
+        params = assign["spec"]["parameters"]
+        external = params["assign"]["externalData"]
+        assert external == {
+            "provider": provider["metadata"]["name"],
+            "dataSource": "ValueAtLocation",
+            "failurePolicy": "Fail",
+        }
+        location = assign["spec"]["location"]
+        (test,) = params["pathTests"]
+        assert location == f"{test['subPath']}[name:*].image"
+        assert test["condition"] == "MustExist"
+        locations.add(location)
+    assert len({a["metadata"]["name"] for a in assigns}) == len(assigns)
+    assert locations == {f"spec.{name}[name:*].image" for name in CONTAINER_LISTS}
+
+
+def assign_location(obj: dict[str, Any], location: str, values: dict[str, str] | None) -> list[str]:
+    """Gatekeeper's reading of `spec.<list>[name:*].image` (the only shape
+    assign-pin.yaml uses): the values at the location, replaced from
+    `values` when given."""
+    head, _, field = location.partition("[name:*].")
+    found = []
+    containers = obj
+    for key in head.split("."):
+        containers = containers.get(key) if isinstance(containers, dict) else None
+    for container in containers or []:
+        found.append(container[field])
+        if values is not None:
+            container[field] = values[container[field]]
+    return found
+
+
+@pytest.mark.gen_test
+async def test_gatekeeper_assign_pins_as_the_webhook_does(api) -> None:
+    """Gatekeeper's path (keys from each Assign location, values assigned
+    back) and the MutatingWebhook's JSONPatch give the same Pod."""
+    digest = "sha256:" + "9" * 64
+    reply = await api.put({"id": f"quay.io/t/app@{digest}", "name": "quay.io/t/app", "tags": ["1"]})
+    assert reply.status == 200
+    images = ["quay.io/t/app:1", "quay.io/t/app:2", "nginx"]
+    review = admission_review("Pod", pod_spec(images, init=images[:1], ephemeral=images[1:]))
+    pod = review["request"]["object"]
+
+    reply = await api.request("POST", "/admission/mutate", review)
+    patch = json.loads(base64.b64decode(reply.json["response"]["patch"]))
+    by_webhook = jsonpatch.apply_patch(pod, patch)
+
+    by_gatekeeper = copy.deepcopy(pod)
+    url = urllib.parse.urlsplit(load("gatekeeper/provider-pin.yaml")["spec"]["url"])
+    for assign in load_all("gatekeeper/assign-pin.yaml"):
+        location = assign["spec"]["location"]
+        keys = assign_location(by_gatekeeper, location, None)
+        reply = await api.request("POST", url.path, provider_request(*keys))
+        items = reply.json["response"]["items"]
+        assign_location(by_gatekeeper, location, {i["key"]: i["value"] for i in items})
+    assert by_gatekeeper == by_webhook != pod
+    assert by_gatekeeper["spec"]["initContainers"][0]["image"] == f"quay.io/t/app:1@{digest}"
+
+
 def evaluate_rego(inputs: list[dict[str, Any]]) -> list[list[str]]:
     rego = load("gatekeeper/constraint-template.yaml")["spec"]["targets"][0]["rego"]
     done = subprocess.run(
@@ -163,7 +271,13 @@ async def test_the_example_paths_answer_their_protocols(api) -> None:
     reply = await api.request("POST", path, image_review("nginx"))
     assert reply.status == 200 and reply.json["kind"] == "ImageReview"
 
-    provider = load("gatekeeper/provider.yaml")
-    path = urllib.parse.urlsplit(provider["spec"]["url"]).path
-    reply = await api.request("POST", path, provider_request("nginx"))
-    assert reply.status == 200 and reply.json["kind"] == "ProviderResponse"
+    for name in ("gatekeeper/provider.yaml", "gatekeeper/provider-pin.yaml"):
+        provider = load(name)
+        path = urllib.parse.urlsplit(provider["spec"]["url"]).path
+        reply = await api.request("POST", path, provider_request("nginx"))
+        assert reply.status == 200 and reply.json["kind"] == "ProviderResponse"
+
+    mutating = load("mutating-webhook.yaml")
+    path = mutating["webhooks"][0]["clientConfig"]["service"]["path"]
+    reply = await api.request("POST", path, admission_review("Pod", pod_spec(["nginx"])))
+    assert reply.status == 200 and reply.json["response"]["allowed"] is True

@@ -54,7 +54,7 @@ REFERENCES = [
 
 async def answers(ctx) -> tuple[list[str | None], list[str | None]]:
     refs = [parse_reference(r) for r in REFERENCES]
-    database = [e.id if e else None for e in await ctx.storage.match(refs)]
+    database = [e[0].id if e else None for e in await ctx.storage.match(refs)]
     replica = [e.id if e else None for e in map(ctx.replica.index.find, refs)]
     return database, replica
 
