@@ -326,13 +326,18 @@ def provider_request(body: Any) -> tuple[str, list[str]]:
 
 
 def provider_response(
-    api_version: str, items: list[dict[str, Any]], *, idempotent: bool
+    api_version: str,
+    items: list[dict[str, Any]],
+    *,
+    idempotent: bool,
+    system_error: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": api_version,
-        "kind": "ProviderResponse",
-        "response": {"idempotent": idempotent, "items": items},
-    }
+    response: dict[str, Any] = {"idempotent": idempotent, "items": items}
+    if system_error is not None:
+        # The provider protocol's way to say "no answer": Gatekeeper turns
+        # it into a violation (the example Rego's system_error rule).
+        response["systemError"] = system_error
+    return {"apiVersion": api_version, "kind": "ProviderResponse", "response": response}
 
 
 class GatekeeperHandler(AdmissionHandler, BodyHandler):
@@ -348,16 +353,10 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
         try:
             decisions = await decide(self.ctx.decisions, keys)
         except TooManyReferences as exc:
-            # The provider protocol's way to say "no answer": the Rego's
-            # system_error rule turns it into a violation.
             self.count("denied")
             self.log_denials("denied", [exc.message])
             self.write_json(
-                {
-                    "apiVersion": api_version,
-                    "kind": "ProviderResponse",
-                    "response": {"idempotent": False, "items": [], "systemError": exc.message},
-                }
+                provider_response(api_version, [], idempotent=False, system_error=exc.message)
             )
             return
         result = self.settle(list(decisions.values()))

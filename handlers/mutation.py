@@ -33,7 +33,7 @@ from handlers.admission import (
     provider_response,
 )
 from handlers.base import BodyHandler
-from handlers.policy import Decision, decide, quote
+from handlers.policy import Decision, TooManyReferences, decide, quote
 from handlers.workloads import Container, controller_owned
 
 log = structlog.get_logger("imagelist.admission")
@@ -100,7 +100,16 @@ class MutateHandler(AdmissionHandler, BodyHandler):
     async def post(self) -> None:
         review = admission_request(self.json_body())
         containers = pinnable(review)
-        decisions = await decide(self.ctx.decisions, [c.reference for c in containers])
+        try:
+            decisions = await decide(self.ctx.decisions, [c.reference for c in containers])
+        except TooManyReferences as exc:
+            # Nothing is pinned, nothing admitted: /admission/validate
+            # refuses the same review for the same reason.
+            self.count("allowed")
+            self.log_denials("warned", [exc.message])
+            warning = {"uid": review.uid, "allowed": True, "warnings": [exc.message]}
+            self.write_json(admission_review(warning))
+            return
         pins = [(c, decisions[c.reference]) for c in containers]
         pins = [(c, d) for c, d in pins if d.pin is not None]
         # A mutating webhook never denies: /admission/validate decides.
@@ -126,7 +135,15 @@ class GatekeeperMutateHandler(AdmissionHandler, BodyHandler):
 
     async def post(self) -> None:
         api_version, keys = provider_request(self.json_body())
-        decisions = await decide(self.ctx.decisions, keys)
+        try:
+            decisions = await decide(self.ctx.decisions, keys)
+        except TooManyReferences as exc:
+            self.count("denied")
+            self.log_denials("denied", [exc.message])
+            self.write_json(
+                provider_response(api_version, [], idempotent=False, system_error=exc.message)
+            )
+            return
         self.count("allowed")
         items = [{"key": key, "value": decisions[key].pinned or key} for key in keys]
         pinned = [d for d in decisions.values() if d.pin is not None]

@@ -101,3 +101,22 @@ def test_any_log_line_is_cut_below_journalds_line_max() -> None:
     wide = json.dumps({"event": "w", **{f"k{i}": "v" * 1000 for i in range(100)}})
     assert json.loads(bounded_line(wide)) == {"event": "w", "truncated_from": len(wide)}
     assert bounded_line('{"event": "small"}') == '{"event": "small"}'
+
+
+def test_a_mutation_review_over_the_cap_pins_nothing_and_says_why(daemon) -> None:
+    d, _ = daemon
+    review = admission_review("Pod", pod_spec(MANY), uid="u-2")
+    status, reply, size = post(d, "/admission/mutate", review)
+    assert status == 200 and size < 2000
+    response = reply["response"]
+    assert response["uid"] == "u-2" and response["allowed"] is True
+    assert "patch" not in response
+    assert "20000 image references; at most 1000" in response["warnings"][0]
+
+
+def test_a_gatekeeper_mutation_over_the_cap_is_a_system_error(daemon) -> None:
+    d, _ = daemon
+    status, reply, size = post(d, "/admission/gatekeeper/mutate", provider_request(*MANY))
+    assert status == 200 and size < 2000
+    assert reply["response"]["items"] == []
+    assert "at most 1000" in reply["response"]["systemError"]
