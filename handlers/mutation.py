@@ -141,7 +141,7 @@ class GatekeeperMutateHandler(AdmissionHandler, BodyHandler):
             self.count("denied")
             self.log_denials("denied", [exc.message])
             self.write_json(
-                provider_response(api_version, [], idempotent=False, system_error=exc.message)
+                provider_response(api_version, [], idempotent=True, system_error=exc.message)
             )
             return
         self.count("allowed")
