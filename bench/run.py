@@ -173,7 +173,7 @@ def request_files(workdir: Path, images: int, sample: int) -> dict[str, Path]:
             "POST",
             "/admission/validate",
             admission_review(
-                k, [*(e.image for e in rng.sample(picked, 9)), f"unlisted.example/app:{k}"]
+                k, [*(e.reference for e in rng.sample(picked, 9)), f"unlisted.example/app:{k}"]
             ),
         )
         for k in range(min(200, len(picked)))
