@@ -87,6 +87,21 @@ class AdmissionHandler(BaseHandler):
         summary = f"imagelist: {len(lines)} image(s) not allowed: " + "; ".join(lines)
         return Judgement(self.settle(list(decisions.values())), lines, summary)
 
+    async def provider_decisions(
+        self, api_version: str, keys: list[str], *, idempotent: bool
+    ) -> dict[str, Decision] | None:
+        """`decide` for a Gatekeeper provider. Over the reference cap it
+        answers the protocol's systemError itself and returns None."""
+        try:
+            return await decide(self.ctx.decisions, keys)
+        except TooManyReferences as exc:
+            self.count("denied")
+            self.log_denials("denied", [exc.message])
+            self.write_json(
+                provider_response(api_version, [], idempotent=idempotent, system_error=exc.message)
+            )
+            return None
+
     def count(self, result: str) -> None:
         self._result = result
         self.ctx.metrics.admission_decisions.labels(self.endpoint, result).inc()
@@ -350,14 +365,8 @@ class GatekeeperHandler(AdmissionHandler, BodyHandler):
 
     async def post(self) -> None:
         api_version, keys = provider_request(self.json_body())
-        try:
-            decisions = await decide(self.ctx.decisions, keys)
-        except TooManyReferences as exc:
-            self.count("denied")
-            self.log_denials("denied", [exc.message])
-            self.write_json(
-                provider_response(api_version, [], idempotent=False, system_error=exc.message)
-            )
+        decisions = await self.provider_decisions(api_version, keys, idempotent=False)
+        if decisions is None:
             return
         result = self.settle(list(decisions.values()))
         self.count(result)

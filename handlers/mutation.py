@@ -135,14 +135,8 @@ class GatekeeperMutateHandler(AdmissionHandler, BodyHandler):
 
     async def post(self) -> None:
         api_version, keys = provider_request(self.json_body())
-        try:
-            decisions = await decide(self.ctx.decisions, keys)
-        except TooManyReferences as exc:
-            self.count("denied")
-            self.log_denials("denied", [exc.message])
-            self.write_json(
-                provider_response(api_version, [], idempotent=True, system_error=exc.message)
-            )
+        decisions = await self.provider_decisions(api_version, keys, idempotent=True)
+        if decisions is None:
             return
         self.count("allowed")
         items = [{"key": key, "value": decisions[key].pinned or key} for key in keys]
