@@ -18,6 +18,7 @@ from config.logging import event_writer
 from handlers.context import AppContext
 from handlers.errors import ApiError, map_exception
 from handlers.paging import ascii_digits
+from storage.model import ANONYMOUS, Writer
 
 log = structlog.get_logger("imagelist.http")
 # The request line's fast path (see config.logging.JsonLinesHandler).
@@ -252,6 +253,11 @@ class BaseHandler(tornado.web.RequestHandler):
             )
             raise ApiError(401, "invalid or disabled token", headers=_CHALLENGE)
         self.token_name = verdict.name
+
+    def writer(self) -> Writer:
+        """Who this write is for: the token (after authorize_write) and the
+        request, as storage records and checks them."""
+        return Writer(actor=self.token_name or ANONYMOUS.actor, request_id=self.request_id)
 
     # -- request bodies ------------------------------------------------------
 

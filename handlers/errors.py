@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.errors import Invalid, NotFound, StorageError, StorageUnavailable
+from storage.errors import Invalid, NotFound, OutOfScope, StorageError, StorageUnavailable
 
 
 class ApiError(Exception):
@@ -37,6 +37,12 @@ def map_exception(exc: BaseException | None) -> ApiError | None:
         return exc
     if isinstance(exc, NotFound):
         return ApiError(404, "image not found", {"id": str(exc)})
+    if isinstance(exc, OutOfScope):
+        return ApiError(
+            403,
+            f"token {exc.actor!r} may not write repository {exc.name!r}",
+            {"token": exc.actor, "repository": exc.name},
+        )
     if isinstance(exc, Invalid):
         return ApiError(400, str(exc), exc.details)
     if isinstance(exc, StorageUnavailable):

@@ -108,7 +108,7 @@ class EntriesHandler(BodyHandler):
     async def put(self) -> None:
         # authorize_write() already ran in prepare().
         new = parse_entry(self.json_body())
-        stored = await self.ctx.storage.put(new)
+        stored = await self.ctx.storage.put(new, self.writer())
         self.write_json(entry_json(stored))
 
 
@@ -143,7 +143,7 @@ class EntryHandler(BaseHandler):
         self.authorize_write()
         found = lookup_id(self.path_id(entry_id))
         if found is not None:
-            await self.ctx.storage.delete(found)
+            await self.ctx.storage.delete(found, self.writer())
         self.set_status(204)
         self.clear_header("Content-Type")
         self.finish()

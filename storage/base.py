@@ -13,9 +13,18 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
-from storage.errors import NotFound
+from storage.errors import NotFound, OutOfScope
 from storage.legacy import Survey
-from storage.model import Entry, JsonPage, ListQuery, NewEntry, Position, to_micros
+from storage.model import (
+    ANONYMOUS,
+    Entry,
+    JsonPage,
+    ListQuery,
+    NewEntry,
+    Position,
+    Writer,
+    to_micros,
+)
 from storage.reference import Reference, normalize_name
 from storage.sql import Statements, list_key, list_params
 
@@ -56,7 +65,8 @@ def observed(
     fn: Callable[Concatenate[S, P], Awaitable[T]],
 ) -> Callable[Concatenate[S, P], Awaitable[T]]:
     """Time a Storage method and report it to the store's observer. NotFound
-    is an answer, not a failure; every other exception counts as one."""
+    and OutOfScope are answers, not failures; every other exception counts
+    as one."""
     operation = fn.__name__
 
     @functools.wraps(fn)
@@ -67,7 +77,7 @@ def observed(
             result = await fn(self, *args, **kwargs)
             ok = True
             return result
-        except NotFound:
+        except (NotFound, OutOfScope):
             ok = True
             raise
         finally:
@@ -131,9 +141,16 @@ class Storage(abc.ABC):
     async def _execute(self, sql: str, params: Mapping[str, object]) -> None: ...
 
     @abc.abstractmethod
-    async def _upsert(self, new: NewEntry) -> Row:
+    async def _upsert(self, new: NewEntry, writer: Writer) -> Row:
         """Insert `new`, or set the tags of its existing id (`new.tags` None:
-        keep the entry as it is); the stored row."""
+        keep the entry as it is); the stored row. In one transaction, raise
+        OutOfScope unless `writer` may write the stored name (or, creating,
+        `new.name`)."""
+
+    @abc.abstractmethod
+    async def _delete(self, entry_id: str, writer: Writer) -> bool:
+        """Remove the id; whether it existed. In one transaction, raise
+        OutOfScope unless `writer` may write the stored name."""
 
     @abc.abstractmethod
     def _to_entry(self, row: Row) -> Entry:
@@ -162,22 +179,26 @@ class Storage(abc.ABC):
         return self._to_entry(row)
 
     @observed
-    async def put(self, new: NewEntry) -> Entry:
+    async def put(self, new: NewEntry, writer: Writer = ANONYMOUS) -> Entry:
         """Create, or update tags (only) of an existing id; return the stored
         row. `new.tags` None keeps an existing entry as it is (and creates
-        one without tags), as the Go service did."""
-        stored = self._to_entry(await self._upsert(new))
+        one without tags), as the Go service did. OutOfScope when `writer`
+        may not write the entry; then nothing is written."""
+        stored = self._to_entry(await self._upsert(new, writer))
         warn_if_unmatchable(stored)
         if self.on_change is not None:
             self.on_change(stored.id, stored)
         return stored
 
     @observed
-    async def delete(self, entry_id: str) -> None:
-        """Remove the id; a missing id is not an error."""
-        await self._execute(self.statements.delete, {"id": entry_id})
-        if self.on_change is not None:
+    async def delete(self, entry_id: str, writer: Writer = ANONYMOUS) -> bool:
+        """Remove the id; whether it existed (a missing id is not an error).
+        OutOfScope when `writer` may not write the entry; then nothing is
+        deleted."""
+        deleted = await self._delete(entry_id, writer)
+        if deleted and self.on_change is not None:
             self.on_change(entry_id, None)
+        return deleted
 
     @observed
     async def count(self) -> int:

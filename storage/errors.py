@@ -31,3 +31,13 @@ class StorageUnavailable(StorageError):
 class StorageMisconfigured(StorageUnavailable):
     """The server refused us for a reason waiting cannot heal (credentials,
     role, database name): fatal at start-up, an outage afterwards."""
+
+
+class OutOfScope(StorageError):
+    """The writer may not write an entry of this name (a scoped token);
+    nothing was written."""
+
+    def __init__(self, actor: str, name: str) -> None:
+        super().__init__(f"token {actor!r} may not write {name!r}")
+        self.actor = actor
+        self.name = name

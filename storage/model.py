@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # The API's sort keys mapped to the column they order by. Everything that
@@ -17,6 +18,26 @@ class NewEntry:
     name: str
     #: None (no `tags` in the request) keeps an existing entry's tags.
     tags: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """Who asks for a write: named in the audit trail, and limited to the
+    entries it may touch."""
+
+    #: The token's name; "anonymous" when authentication is off.
+    actor: str = "anonymous"
+    request_id: str | None = None
+    #: Whether this writer may write an entry of that name (checked against
+    #: the stored name inside the write's transaction); None: any entry.
+    may_write: Callable[[str], bool] | None = None
+
+    def allows(self, name: str) -> bool:
+        return self.may_write is None or self.may_write(name)
+
+
+#: A write made by imagelist itself or a test, with no token behind it.
+ANONYMOUS = Writer()
 
 
 @dataclass(frozen=True, slots=True)

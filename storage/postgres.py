@@ -25,9 +25,15 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 import storage.legacy as legacy
 from storage.base import KEYS_BATCH, PoolStats, QueryObserver, Row, Storage
-from storage.errors import Invalid, StorageError, StorageMisconfigured, StorageUnavailable
+from storage.errors import (
+    Invalid,
+    OutOfScope,
+    StorageError,
+    StorageMisconfigured,
+    StorageUnavailable,
+)
 from storage.migrations import POSTGRES, KeyBackfill
-from storage.model import Entry, ListQuery, NewEntry, from_micros
+from storage.model import Entry, ListQuery, NewEntry, Writer, from_micros
 from storage.pgpool import ConnectionPool, NoConnection
 from storage.reference import Reference, reference_keys
 from storage.sql import SELECT_COLUMNS, backend_statements, list_params, pyformat, write_params
@@ -79,10 +85,12 @@ READ_ONLY_SQL = "SHOW transaction_read_only"
 # did. The keys computed here are for the name in the request, so they
 # replace the stored ones only when that is the stored name (which fixes a
 # row another writer left without keys).
-UPSERT_SQL = f"""
+_INSERT = """
 INSERT INTO images (id, name, norm_name, digest, keys_stale, tags, created_at, updated_at)
 VALUES (%(id)s, %(name)s, %(norm_name)s, %(digest)s, false,
-        coalesce(%(tags)s::text[], '{{}}'), now(), now())
+        coalesce(%(tags)s::text[], '{}'), now(), now())
+"""
+UPSERT_SQL = f"""{_INSERT}
 ON CONFLICT (id) DO UPDATE SET
     tags = coalesce(%(tags)s::text[], images.tags),
     updated_at = CASE WHEN %(tags)s::text[] IS NULL THEN images.updated_at
@@ -93,6 +101,11 @@ ON CONFLICT (id) DO UPDATE SET
     keys_stale = images.keys_stale AND images.name <> EXCLUDED.name
 RETURNING {SELECT_COLUMNS}
 """
+# A scoped writer creates only where no row is: a row another writer
+# created meanwhile is checked against the scope before it is touched.
+INSERT_NEW_SQL = f"{_INSERT} ON CONFLICT (id) DO NOTHING RETURNING {SELECT_COLUMNS}"
+# The stored name a scoped write is checked against, locked until commit.
+GUARD_SQL = "SELECT name FROM images WHERE id = %(id)s FOR UPDATE"
 # A batch of rows another writer left without keys; SKIP LOCKED so that
 # instances sweeping at once share the work instead of repeating it.
 STALE_KEYS_SQL = """
@@ -549,12 +562,68 @@ class PostgresStorage(Storage):
 
         await self._run(op)
 
-    async def _upsert(self, new: NewEntry) -> Row:
-        tags = None if new.tags is None else list(new.tags)
-        row = await self._fetch_one(UPSERT_SQL, {**write_params(new), "tags": tags})
-        if row is None:  # RETURNING always returns the row
-            raise StorageError("the upsert returned no row")
-        return row
+    async def _write(self, writer: Writer, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(cursor)` in one transaction. OutOfScope rolls it back; any
+        other failure leaves the connection mid-transaction, and the pool
+        closes such a connection rather than reuse it."""
+
+        async def transaction(cur: Any) -> T:
+            await cur.execute("BEGIN")
+            try:
+                result = await op(cur)
+            except OutOfScope:
+                await cur.execute("ROLLBACK")
+                raise
+            await cur.execute("COMMIT")
+            return result
+
+        return await self._run(transaction)
+
+    async def _upsert(self, new: NewEntry, writer: Writer) -> Row:
+        params = {**write_params(new), "tags": None if new.tags is None else list(new.tags)}
+
+        async def upsert(cur: Any) -> Row:
+            if writer.may_write is not None:
+                # A few rounds at most: each lost race means another writer
+                # created the id in between, and the next round sees it.
+                for _ in range(3):
+                    await cur.execute(GUARD_SQL, params)
+                    stored = await cur.fetchone()
+                    if stored is not None:
+                        break
+                    if not writer.allows(new.name):
+                        raise OutOfScope(writer.actor, new.name)
+                    await cur.execute(INSERT_NEW_SQL, params)
+                    created: Row | None = await cur.fetchone()
+                    if created is not None:
+                        return created
+                else:
+                    raise StorageError("the entry kept changing under a scoped write")
+                if not writer.allows(stored[0]):
+                    raise OutOfScope(writer.actor, stored[0])
+            await cur.execute(UPSERT_SQL, params)
+            row: Row | None = await cur.fetchone()
+            if row is None:  # RETURNING always returns the row
+                raise StorageError("the upsert returned no row")
+            return row
+
+        return await self._write(writer, upsert)
+
+    async def _delete(self, entry_id: str, writer: Writer) -> bool:
+        params = {"id": entry_id}
+
+        async def delete(cur: Any) -> bool:
+            if writer.may_write is not None:
+                await cur.execute(GUARD_SQL, params)
+                stored = await cur.fetchone()
+                if stored is None:
+                    return False
+                if not writer.allows(stored[0]):
+                    raise OutOfScope(writer.actor, stored[0])
+            await cur.execute(self.statements.delete, params)
+            return bool(await cur.fetchall())
+
+        return await self._write(writer, delete)
 
     def _to_entry(self, row: Row) -> Entry:
         return Entry(

@@ -119,7 +119,7 @@ def backend_statements(param: Param, *, entry_json: str, match: str) -> Statemen
     expression for an entry's JSON text, and its match query."""
     return Statements(
         get=f"SELECT {SELECT_COLUMNS} FROM images WHERE id = {param('id')}",
-        delete=f"DELETE FROM images WHERE id = {param('id')}",
+        delete=f"DELETE FROM images WHERE id = {param('id')} RETURNING name",
         count="SELECT count(*) FROM images",
         ping="SELECT 1",
         list=all_list_sql(param),

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from storage.base import PoolStats, QueryObserver, Row, Storage
-from storage.errors import StorageUnavailable
+from storage.errors import OutOfScope, StorageUnavailable
 from storage.legacy import Survey
 from storage.migrations import SQLITE, KeyBackfill, split_statements
-from storage.model import Entry, NewEntry, from_micros, to_micros
+from storage.model import Entry, NewEntry, Writer, from_micros, to_micros
 from storage.reference import Reference
 from storage.sql import (
     SELECT_COLUMNS,
@@ -65,6 +65,7 @@ RETURNING {SELECT_COLUMNS}
 # As in storage/postgres.py: per reference, the newest allowing entry and,
 # for a tag reference, the newest repo-digest id of each repository spelling.
 # The references arrive as one JSON array of [name, tag, digest] triples.
+GUARD_SQL = "SELECT name FROM images WHERE id = :id"
 MATCH_SQL = f"""
 WITH q(i, name, tag, digest) AS (
     SELECT key, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
@@ -224,7 +225,36 @@ class SqliteStorage(Storage):
     async def _execute(self, sql: str, params: Mapping[str, object]) -> None:
         await self._run(lambda c: c.execute(sql, params))
 
-    async def _upsert(self, new: NewEntry) -> Row:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(connection)` in one transaction, holding the write lock
+        from its start (BEGIN IMMEDIATE), so what `fn` reads stays true
+        until it commits; any exception rolls it back."""
+
+        def transaction(c: sqlite3.Connection) -> T:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(c)
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self._run(transaction)
+
+    @staticmethod
+    def _guard(c: sqlite3.Connection, entry_id: str, name: str | None, writer: Writer) -> bool:
+        """Raise OutOfScope unless `writer` may write the stored entry (or,
+        when there is none, a new one named `name`; None: nothing to
+        create); whether the entry exists."""
+        stored = c.execute(GUARD_SQL, {"id": entry_id}).fetchone()
+        checked = name if stored is None else stored[0]
+        if checked is not None and not writer.allows(checked):
+            raise OutOfScope(writer.actor, checked)
+        return stored is not None
+
+    async def _upsert(self, new: NewEntry, writer: Writer) -> Row:
         params = {
             **write_params(new),
             "tags": None if new.tags is None else json.dumps(list(new.tags), ensure_ascii=False),
@@ -232,17 +262,20 @@ class SqliteStorage(Storage):
         }
 
         def upsert(c: sqlite3.Connection) -> Row:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                row: Row = c.execute(UPSERT_SQL, params).fetchone()
-                c.execute("COMMIT")
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
+            if writer.may_write is not None:
+                self._guard(c, new.id, new.name, writer)
+            row: Row = c.execute(UPSERT_SQL, params).fetchone()
             return row
 
-        return await self._run(upsert)
+        return await self._write(upsert)
+
+    async def _delete(self, entry_id: str, writer: Writer) -> bool:
+        def delete(c: sqlite3.Connection) -> bool:
+            if writer.may_write is not None and not self._guard(c, entry_id, None, writer):
+                return False
+            return bool(c.execute(self.statements.delete, {"id": entry_id}).fetchall())
+
+        return await self._write(delete)
 
     def _to_entry(self, row: Row) -> Entry:
         return Entry(
