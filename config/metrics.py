@@ -150,6 +150,12 @@ class Metrics:
             "Unix time of the last successful tokens-file load.",
             registry=r,
         )
+        self.token_forbidden_writes = Counter(
+            "imagelist_token_forbidden_writes_total",
+            "Writes refused with 403 because the repository is outside the token's scopes.",
+            ["token"],  # bounded: the names in the tokens file
+            registry=r,
+        )
         self.admission_decisions = Counter(
             "imagelist_admission_decisions_total",
             "Admission decisions by endpoint and result (allowed, denied, warned, error).",

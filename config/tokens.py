@@ -6,6 +6,7 @@ File format (the old service's, plus `token_sha256`)::
       - name: ci-pipeline
         token: 'LF8zuwb2dJMjZLphiSUQHTeA'     # or: token_sha256: <64 hex>
         is_disabled: false                   # optional, default false
+        scopes: ['quay.io/team-a/*']         # optional: the repositories it may write
 
 Only SHA-256 digests of the tokens are kept in memory, and no message, log
 line or metric ever carries a token (or a line of the file, which may hold one).
@@ -25,6 +26,7 @@ import structlog
 import yaml
 
 from config.metrics import Metrics
+from config.scopes import PatternError, Scope, parse_scope
 
 log = structlog.get_logger("imagelist.tokens")
 
@@ -33,7 +35,7 @@ MAX_FILE_SIZE = 1024 * 1024
 # Seconds between re-reads after a read failed for an operating-system reason.
 RETRY_MIN, RETRY_MAX = 0.1, 30.0
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_ENTRY_KEYS = frozenset({"name", "token", "token_sha256", "is_disabled"})
+_ENTRY_KEYS = frozenset({"name", "token", "token_sha256", "is_disabled", "scopes"})
 
 
 class TokenFileError(ValueError):
@@ -46,6 +48,8 @@ class TokenEntry:
     name: str
     digest: bytes = field(repr=False)  # SHA-256 of the token; kept out of reprs anyway
     disabled: bool = False
+    #: The repositories it may write; None (no `scopes` key): every one.
+    scope: Scope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,8 @@ class Verdict:
     name: str | None  # the matching entry's name, also when it is disabled
     ok: bool
     reason: str  # "ok", "unknown", "disabled" or "no tokens file"
+    #: The matching entry's scope, as of this check (a reload makes new verdicts).
+    scope: Scope | None = None
 
 
 def token_digest(token: bytes) -> bytes:
@@ -113,7 +119,16 @@ def _entry(raw: Any, number: int, fail: Any) -> TokenEntry:
     disabled = raw.get("is_disabled", False)
     if not isinstance(disabled, bool):
         fail(f"{label}: 'is_disabled' must be true or false")
-    return TokenEntry(name=name, digest=digest, disabled=disabled)
+    scope: Scope | None = None
+    if "scopes" in raw:
+        # `scopes: []` writes nothing; only a token without the key writes
+        # everything, as before scopes existed. An empty `scopes:` (null) is
+        # refused by parse_scope: which of the two it meant is a guess.
+        try:
+            scope = parse_scope(raw["scopes"])
+        except PatternError as exc:
+            fail(f"{label}: 'scopes': {exc}")
+    return TokenEntry(name=name, digest=digest, disabled=disabled, scope=scope)
 
 
 def parse_tokens(data: bytes, source: str) -> tuple[TokenEntry, ...]:
@@ -297,4 +312,4 @@ class TokenRegistry:
             return Verdict(None, False, "unknown")
         if match.disabled:
             return Verdict(match.name, False, "disabled")
-        return Verdict(match.name, True, "ok")
+        return Verdict(match.name, True, "ok", match.scope)

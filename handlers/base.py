@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from http.client import responses
 from typing import Any
 
@@ -18,6 +19,7 @@ from config.logging import event_writer
 from handlers.context import AppContext
 from handlers.errors import ApiError, map_exception
 from handlers.paging import ascii_digits
+from storage.errors import OutOfScope
 from storage.model import ANONYMOUS, Writer
 
 log = structlog.get_logger("imagelist.http")
@@ -44,6 +46,8 @@ class BaseHandler(tornado.web.RequestHandler):
     ctx: AppContext
     request_id: str
     token_name: str | None = None
+    #: What the token may write (config.scopes.Scope.allows); None: everything.
+    may_write: Callable[[str], bool] | None = None
     #: The request line is written once (a handler may still finish after
     #: its client left).
     request_logged: bool = False
@@ -52,6 +56,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx = ctx
         self.started = time.perf_counter()
         self.token_name = None
+        self.may_write = None
         self.ctx.inflight += 1
         self.ctx.metrics.inflight.inc()
         self._counted = True
@@ -207,6 +212,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body))
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if isinstance(value, OutOfScope):
+            # Every write route reaches storage, which raises this before
+            # writing: one place logs and counts each refused write.
+            auth_log.warning(
+                "auth_forbidden",
+                request_id=self.request_id,
+                token=value.actor,
+                repository=value.name,
+                method=self.request.method,
+                route=self.route,
+            )
+            self.ctx.metrics.token_forbidden_writes.labels(value.actor).inc()
         answer = self.answer_for(value)
         if answer is not None and answer.expected:
             if answer.status >= 500:
@@ -253,11 +270,17 @@ class BaseHandler(tornado.web.RequestHandler):
             )
             raise ApiError(401, "invalid or disabled token", headers=_CHALLENGE)
         self.token_name = verdict.name
+        self.may_write = None if verdict.scope is None else verdict.scope.allows
 
     def writer(self) -> Writer:
-        """Who this write is for: the token (after authorize_write) and the
-        request, as storage records and checks them."""
-        return Writer(actor=self.token_name or ANONYMOUS.actor, request_id=self.request_id)
+        """Who this write is for: the token (after authorize_write), the
+        request, and the repositories the token's scopes allow, as storage
+        records and checks them (the stored name, in the write's transaction)."""
+        return Writer(
+            actor=self.token_name or ANONYMOUS.actor,
+            request_id=self.request_id,
+            may_write=self.may_write,
+        )
 
     # -- request bodies ------------------------------------------------------
 
