@@ -24,7 +24,7 @@ from config.logging import setup_logging
 from config.metrics import Metrics
 from config.systemd import notify, watchdog_interval
 from config.tls import ReloadableTls
-from config.tokens import TokenFileError, TokenRegistry
+from config.tokens import TokenFileError, TokenRegistry, show_tokens
 from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from handlers.connections import GuardedSocket, LimitedHTTPServer
@@ -322,6 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imagelist: {exc}", file=sys.stderr)
         return 2
+    if config.action == "show-tokens" and config.tokens_file:
+        # Answered from the file alone: no logging set-up, no database.
+        status, lines = show_tokens(config.tokens_file)
+        print("\n".join(lines), file=sys.stderr if status else sys.stdout)
+        return status
     setup_logging(config.log_format, config.debug, secrets=[password_of(config.database_url) or ""])
     return asyncio.run(serve(config))
 

@@ -78,7 +78,8 @@ class Config:
     reuse_port: bool
     admission_mode: str
     max_connections: int = 0  # 0: from the descriptor limit at start
-    #: "serve", or "migrate" / "migrate-dry-run" (run, or report, and exit).
+    #: "serve", or "migrate" / "migrate-dry-run" (run, or report, and exit),
+    #: or "show-tokens" (print the tokens file's names and scopes, and exit).
     action: str = "serve"
     #: The Go service's environment variables this configuration took.
     legacy_env: tuple[str, ...] = ()
@@ -182,6 +183,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_const",
         const="migrate-dry-run",
         help="report what --migrate would change, change nothing, and exit",
+    )
+    actions.add_argument(
+        "--show-tokens",
+        dest="action",
+        action="store_const",
+        const="show-tokens",
+        help="print each token of --tokens-file: its name, whether it is enabled, and the "
+        "repositories it may write (never a secret), and exit; non-zero when the file is invalid",
     )
     add("listen", "address to listen on, [HOST]:PORT", ":8000", metavar="[HOST]:PORT")
     add(
@@ -321,6 +330,8 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         if path and not os.path.isfile(path):
             problem = "is a directory, not a file" if os.path.isdir(path) else "no such file"
             raise ConfigError(f"--{name.replace('_', '-')} {path}: {problem}")
+    if ns.action == "show-tokens" and not ns.tokens_file:
+        raise ConfigError(f"--show-tokens needs --tokens-file (or {env_name('tokens-file')})")
     if ns.log_format not in ("json", "console"):
         raise ConfigError(f"--log-format {ns.log_format!r}: expected json or console")
     if ns.admission_mode not in ("enforce", "warn"):

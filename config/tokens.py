@@ -313,3 +313,35 @@ class TokenRegistry:
         if match.disabled:
             return Verdict(match.name, False, "disabled")
         return Verdict(match.name, True, "ok", match.scope)
+
+
+def describe_tokens(entries: tuple[TokenEntry, ...]) -> list[str]:
+    """One line per token: name, enabled or disabled, and what it may write.
+    For people (`imagelist --show-tokens`); it holds no secret, nor a digest."""
+    rows = [
+        (
+            entry.name,
+            "disabled" if entry.disabled else "enabled",
+            "all repositories"
+            if entry.scope is None
+            else ", ".join(entry.scope.describe()) or "no repository (scopes: [])",
+        )
+        for entry in entries
+    ]
+    width = max((len(name) for name, _, _ in rows), default=0)
+    return [f"{name:<{width}}  {state:<8}  {writes}" for name, state, writes in rows]
+
+
+def show_tokens(path: str) -> tuple[int, list[str]]:
+    """`--show-tokens`: the exit status and the lines to print (the file's
+    problem on one line when it is invalid)."""
+    try:
+        with open(path, "rb") as f:
+            entries = parse_tokens(f.read(MAX_FILE_SIZE + 1), path)
+    except OSError as exc:
+        return 1, [f"imagelist: tokens file {path}: {exc.strerror or exc}"]
+    except TokenFileError as exc:
+        return 1, [f"imagelist: {exc}"]
+    header = f"tokens file {path}: {len(entries)} token(s); scoped tokens may write only the "
+    header += "repositories listed, reads stay open to everyone"
+    return 0, [header, *describe_tokens(entries)]
