@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from tokenfiles import (
     write_in_place,
 )
 
-from daemon import Daemon
+from daemon import ROOT, Daemon
 from helpers import wait_for
 
 ALICE, BOB, CAROL = "alice-Pr0cess-Secret", "bob-Pr0cess-Secret", "carol-Pr0cess-Secret"
@@ -182,3 +185,110 @@ def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
     failed = events(d, "tokens_reload_failed")
     assert "not valid YAML" in failed[0]["error"]
     assert "same token as 'a'" in failed[1]["error"]
+
+
+# -- scoped tokens -----------------------------------------------------------------------
+
+SCOPED = tokens_yaml(
+    entry("alice", ALICE),
+    entry("team-a-ci", CAROL, scopes=["quay.io/team-a/*", "localhost:5000/*"]),
+    entry("frozen", UNKNOWN + "-frozen", scopes=[]),
+    entry("bob", BOB, is_disabled=True, scopes=["team/app"]),
+)
+
+
+def show_tokens(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGELIST_")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "imagelist.py"), "--show-tokens", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=str(ROOT),
+    )
+
+
+def test_show_tokens_lists_names_states_and_scopes_without_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(SCOPED)
+    done = show_tokens("--tokens-file", str(path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"tokens file {path}: 4 token(s)")
+    assert [line.split(None, 2) for line in lines[1:]] == [
+        ["alice", "enabled", "all repositories"],
+        ["team-a-ci", "enabled", "quay.io/team-a/*, localhost:5000/*"],
+        ["frozen", "enabled", "no repository (scopes: [])"],
+        ["bob", "disabled", "team/app"],
+    ]
+    for secret in (ALICE, BOB, CAROL, UNKNOWN, sha256_hex(ALICE)):
+        assert secret not in done.stdout + done.stderr
+    assert not (tmp_path / "imagelist.db").exists()  # no storage opened
+
+
+def test_show_tokens_fails_clearly_on_an_invalid_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(tokens_yaml(entry("alice", ALICE), entry("ci", CAROL, scopes=["MyOrg/*"])))
+    done = show_tokens("--tokens-file", str(path))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip() == (
+        f"imagelist: tokens file {path}: entry 2 ('ci'): 'scopes': pattern 1: "
+        "'MyOrg/*' is not a valid lower-case repository name"
+    )
+    for secret in (ALICE, CAROL):
+        assert secret not in done.stderr
+
+    missing = show_tokens()
+    assert missing.returncode == 2
+    assert "--show-tokens needs --tokens-file" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("scopes", "problem"),
+    [
+        (["quay.io/team-a-*"], "pattern 1: 'quay.io/team-a-*': '*' may only end a pattern"),
+        (["ok/app", "*"], "pattern 2: '*' would allow every repository"),
+        (["quay.io/team-a/app:1"], "'quay.io/team-a/app:1' is not a valid lower-case"),
+    ],
+)
+def test_a_bad_pattern_refuses_to_start(tmp_path: Path, scopes: list[str], problem: str) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(tokens_yaml(entry("alice", ALICE), entry("team-a-ci", CAROL, scopes=scopes)))
+    d = daemon(tmp_path, path).start(wait=False)
+    assert d.wait() != 0
+    (refusal,) = events(d, "tokens_file_invalid")
+    assert refusal["error"].startswith(f"tokens file {path}: entry 2 ('team-a-ci'): 'scopes': ")
+    assert problem in refusal["error"]
+    assert not events(d, "listening")
+    assert CAROL not in "\n".join(d.output)
+
+
+def test_a_forbidden_write_is_one_json_line_and_a_counter(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(SCOPED)
+    with daemon(tmp_path, path) as d:
+        theirs = {"id": "theirs", "name": "quay.io/team-b/app", "tags": ["v1"]}
+        assert d.request("PUT", "/images", theirs, headers=bearer(ALICE))[0] == 200
+        status, body = d.request(
+            "DELETE", "/images/theirs", headers={**bearer(CAROL), "X-Request-ID": "req-9"}
+        )[:2]
+        assert status == 403
+        assert body["details"] == {
+            "token": "team-a-ci",
+            "repository": "quay.io/team-b/app",
+        }
+        metrics = d.request("GET", "/metrics")[1].decode()
+    assert 'imagelist_token_forbidden_writes_total{token="team-a-ci"} 1.0' in metrics
+    (line,) = events(d, "auth_forbidden")
+    assert (line["token"], line["repository"], line["request_id"]) == (
+        "team-a-ci",
+        "quay.io/team-b/app",
+        "req-9",
+    )
+    assert line["level"] == "warning"
+    (request,) = [e for e in events(d, "request") if e["method"] == "DELETE"]
+    assert (request["status"], request["token"]) == (403, "team-a-ci")
+    for secret in (ALICE, CAROL):
+        assert secret not in "\n".join(d.output)
