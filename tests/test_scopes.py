@@ -3,11 +3,14 @@ tokens file refuses, with messages that name the entry."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from tokenfiles import entry, tokens_yaml
 
 from config.scopes import PatternError, Scope, parse_pattern, parse_scope
-from config.tokens import TokenFileError, parse_tokens
+from config.tokens import TokenFileError, describe_tokens, parse_tokens
 
 # (pattern, entry name, may write)
 TABLE = [
@@ -180,3 +183,41 @@ def test_a_bad_scope_names_its_entry(scopes: object, problem: str) -> None:
     assert message.startswith("tokens file /etc/imagelist/tokens.yaml: entry 2 ('team-b-ci'): ")
     assert problem in message
     assert "secret" not in message
+
+
+# -- the README says the same -------------------------------------------------------------
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+SECTION = README.split("### Scoped tokens", 1)[1].split("\n### ", 1)[0]
+
+
+def readme_table() -> list[tuple[str, list[str], list[str]]]:
+    rows = []
+    for line in SECTION.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        pattern, may, may_not = (re.findall(r"`([^`]+)`", c) for c in cells)
+        rows.append((pattern[0], may, may_not))
+    return rows
+
+
+def test_the_readme_pattern_table_is_what_the_code_does() -> None:
+    rows = readme_table()
+    assert len(rows) >= 6
+    for pattern, may, may_not in rows:
+        scope = parse_scope([pattern])
+        assert [n for n in may if not scope.allows(n)] == [], pattern
+        assert [n for n in may_not if scope.allows(n)] == [], pattern
+
+
+def test_the_readme_show_tokens_example_is_the_real_output() -> None:
+    example = re.search(r"```yaml\n(.*?)```", SECTION, re.S)
+    command = r"```console\n\$ imagelist --show-tokens --tokens-file (\S+)\n(.*?)```"
+    shown = re.search(command, SECTION, re.S)
+    assert example is not None and shown is not None
+    path, expected = shown.group(1), shown.group(2)
+    entries = parse_tokens(example.group(1).encode(), path)
+    assert "\n".join(describe_tokens(entries)) == "\n".join(expected.splitlines()[1:])
+    first = expected.splitlines()[0]
+    assert first.startswith(f"tokens file {path}: {len(entries)} token(s)")
