@@ -7,6 +7,7 @@ refusal is checked to have changed nothing, by reading the table back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -311,3 +312,31 @@ async def test_a_bad_pattern_keeps_the_last_good_set(start: Start, tokens_path: 
     mine = {"id": "mine", "name": "quay.io/team-a/app"}
     assert (await api.put(mine, headers=bearer(TEAM_A))).status == 200
     assert (await api.put({**THEIRS, "tags": []}, headers=bearer(TEAM_A))).status == 403
+
+
+# -- races -------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_scoped_create_racing_another_teams_create_never_writes_their_entry(
+    start: Start,
+) -> None:
+    """Both try to create the same id at once: whoever wins, team-b's entry
+    never ends up with team-a's tags, and nobody gets a 500."""
+    api, _ = await start()
+    outcomes: set[tuple[int, int]] = set()
+    for round_ in range(40):
+        entry_id = f"race-{round_}"
+        theirs = {"id": entry_id, "name": "quay.io/team-b/app", "tags": ["theirs"]}
+        mine = {"id": entry_id, "name": "quay.io/team-a/app", "tags": ["mine"]}
+        first, second = await asyncio.gather(
+            api.put(theirs, headers=bearer(ADMIN)), api.put(mine, headers=bearer(TEAM_A))
+        )
+        outcomes.add((first.status, second.status))
+        stored = (await api.get(f"/images/{entry_id}")).json
+        if stored["name"] == "quay.io/team-b/app":
+            assert second.status == 403, second.body
+            assert stored["tags"] == ["theirs"]
+        else:
+            assert second.status == 200
+    assert outcomes <= {(200, 200), (200, 403)}
