@@ -286,6 +286,8 @@ class TokenRegistry:
             tokens=len(entries),
             enabled=len(enabled),
             names=enabled,
+            # Who may write every repository: the tokens whose leak matters most.
+            unscoped=[e.name for e in entries if not e.disabled and e.scope is None],
         )
         if not enabled:
             log.warning("tokens_none_enabled", path=self.path, effect="every write gets 401")

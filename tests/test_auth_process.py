@@ -281,6 +281,8 @@ def test_a_forbidden_write_is_one_json_line_and_a_counter(tmp_path: Path) -> Non
         }
         metrics = d.request("GET", "/metrics")[1].decode()
     assert 'imagelist_token_forbidden_writes_total{token="team-a-ci"} 1.0' in metrics
+    (loaded,) = events(d, "tokens_loaded")
+    assert loaded["unscoped"] == ["alice"]  # enabled and writing every repository
     (line,) = events(d, "auth_forbidden")
     assert (line["token"], line["repository"], line["request_id"]) == (
         "team-a-ci",
