@@ -273,9 +273,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.may_write = None if verdict.scope is None else verdict.scope.allows
 
     def writer(self) -> Writer:
-        """Who this write is for: the token (after authorize_write), the
-        request, and the repositories the token's scopes allow, as storage
-        records and checks them (the stored name, in the write's transaction)."""
+        """Who this write is for: the token, the request, and the
+        repositories the token's scopes allow, as storage records and checks
+        them (the stored name, in the write's transaction).
+
+        The token is checked again here, against the set in force now: a
+        PUT was authorized when its headers arrived, and its body may take
+        up to the body timeout (30 s) to follow. A token revoked or narrowed
+        meanwhile must not write through a request opened before."""
+        self.authorize_write()
         return Writer(
             actor=self.token_name or ANONYMOUS.actor,
             request_id=self.request_id,

@@ -1,0 +1,108 @@
+"""Attacks on scoped tokens through the real app, on both backends: what a
+holder of a scoped (or just revoked) token tries beyond the plain cases of
+test_scoped_tokens, each checked to change nothing it may not change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import orjson
+import pytest
+from tokenfiles import bearer, entry, tokens_yaml, write_in_place
+from tornado.httpclient import AsyncHTTPClient
+
+from imagelist import RunningApp
+
+from client import Client
+from helpers import eventually, running_app
+
+ADMIN, TEAM_A = "admin-Att4ck-Secret", "team-a-Att4ck-Secret"
+SCOPED = ["quay.io/team-a/*"]
+THEIRS = {"id": "theirs", "name": "quay.io/team-b/app", "tags": ["v1"]}
+
+Start = Callable[[], Awaitable[tuple[Client, RunningApp]]]
+
+
+def tokens(team_a: dict[str, object]) -> str:
+    return tokens_yaml(entry("admin", ADMIN), entry("team-a", TEAM_A, **team_a))
+
+
+@pytest.fixture
+def tokens_path(tmp_path: Path) -> Path:
+    path = tmp_path / "etc" / "tokens.yaml"
+    path.parent.mkdir()
+    path.write_text(tokens({"scopes": SCOPED}))
+    return path
+
+
+@pytest.fixture
+def start(database_url: str, tokens_path: Path, io_loop) -> Iterator[Start]:
+    """The app as the daemon assembles it with `--tokens-file`, holding
+    another team's entry written by the unscoped token."""
+    stack = AsyncExitStack()
+    http = AsyncHTTPClient(force_instance=True)
+
+    async def begin() -> tuple[Client, RunningApp]:
+        running = await stack.enter_async_context(
+            running_app(database_url, "--tokens-file", str(tokens_path))
+        )
+        api = Client(http, running.url)
+        assert (await api.put(THEIRS, headers=bearer(ADMIN))).status == 200
+        return api, running
+
+    yield begin
+    http.close()
+    io_loop.run_sync(stack.aclose)
+
+
+async def table(api: Client) -> list[dict[str, object]]:
+    return await api.all_images("?sort=id")
+
+
+# -- a token changed while a request's body is still coming ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [({"scopes": SCOPED, "is_disabled": True}, 401), ({"scopes": ["quay.io/team-c/*"]}, 403)],
+    ids=["revoked", "narrowed"],
+)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_token_change_applies_to_a_request_whose_body_was_still_coming(
+    start: Start, tokens_path: Path, change: dict[str, object], status: int
+) -> None:
+    """The headers (and the token) arrive before the change, the body after:
+    the write is judged by the token set of when it is made. Otherwise a
+    leaked token revoked now keeps writing through requests opened earlier,
+    for as long as a body may take (30 s)."""
+    api, running = await start()
+    body = orjson.dumps({"id": "late", "name": "quay.io/team-a/app", "tags": ["v1"]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    head = (
+        f"PUT /images HTTP/1.1\r\nHost: imagelist\r\nAuthorization: Bearer {TEAM_A}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body[:5])
+    await writer.drain()
+
+    async def inflight() -> int:
+        return running.ctx.inflight
+
+    await eventually(inflight, 1)  # authorized, and waiting for the rest of its body
+    write_in_place(tokens_path, tokens(change))
+
+    async def fresh_status() -> int:
+        probe = {"id": "probe", "name": "quay.io/team-a/app"}
+        return (await api.put(probe, headers=bearer(TEAM_A))).status
+
+    await eventually(fresh_status, status)
+    writer.write(body[5:])
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), 10)
+    writer.close()
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
+    assert TEAM_A.encode() not in answer
+    assert (await api.get("/images/late")).status == 404
