@@ -102,8 +102,16 @@ ON CONFLICT (id) DO UPDATE SET
 RETURNING {SELECT_COLUMNS}
 """
 # A scoped writer creates only where no row is: a row another writer
-# created meanwhile is checked against the scope before it is touched.
-INSERT_NEW_SQL = f"{_INSERT} ON CONFLICT (id) DO NOTHING RETURNING {SELECT_COLUMNS}"
+# created since its check is not touched but locked (ON CONFLICT DO UPDATE
+# locks the conflicting row even when its WHERE is false, waiting for its
+# writer to commit), so it can be checked against the scope, and stays as
+# checked until commit. Without the lock, another writer's create and
+# delete could keep the row appearing and vanishing between a check and an
+# insert, and the scoped write would never settle.
+INSERT_OR_LOCK_SQL = f"""{_INSERT}
+ON CONFLICT (id) DO UPDATE SET tags = images.tags WHERE false
+RETURNING {SELECT_COLUMNS}
+"""
 # The stored name a scoped write is checked against, locked until commit.
 GUARD_SQL = "SELECT name FROM images WHERE id = %(id)s FOR UPDATE"
 # A batch of rows another writer left without keys; SKIP LOCKED so that
@@ -584,21 +592,21 @@ class PostgresStorage(Storage):
 
         async def upsert(cur: Any) -> Row:
             if writer.may_write is not None:
-                # A few rounds at most: each lost race means another writer
-                # created the id in between, and the next round sees it.
-                for _ in range(3):
-                    await cur.execute(GUARD_SQL, params)
-                    stored = await cur.fetchone()
-                    if stored is not None:
-                        break
+                await cur.execute(GUARD_SQL, params)
+                stored = await cur.fetchone()
+                if stored is None:
                     if not writer.allows(new.name):
                         raise OutOfScope(writer.actor, new.name)
-                    await cur.execute(INSERT_NEW_SQL, params)
+                    await cur.execute(INSERT_OR_LOCK_SQL, params)
                     created: Row | None = await cur.fetchone()
                     if created is not None:
                         return created
-                else:
-                    raise StorageError("the entry kept changing under a scoped write")
+                    # Another writer created the id since the check: its row
+                    # is locked now, and this statement's snapshot sees it.
+                    await cur.execute(GUARD_SQL, params)
+                    stored = await cur.fetchone()
+                    if stored is None:  # cannot happen: the row is locked
+                        raise StorageError("the entry vanished under a scoped write's lock")
                 if not writer.allows(stored[0]):
                     raise OutOfScope(writer.actor, stored[0])
             await cur.execute(UPSERT_SQL, params)

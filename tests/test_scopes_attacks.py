@@ -5,12 +5,14 @@ test_scoped_tokens, each checked to change nothing it may not change."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import orjson
 import pytest
+import structlog
 from tokenfiles import bearer, entry, tokens_yaml, write_in_place
 from tornado.httpclient import AsyncHTTPClient
 
@@ -106,3 +108,29 @@ async def test_a_token_change_applies_to_a_request_whose_body_was_still_coming(
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer
     assert TEAM_A.encode() not in answer
     assert (await api.get("/images/late")).status == 404
+
+
+# -- races -------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_scoped_create_settles_however_the_id_churns(start: Start) -> None:
+    """Writers creating and deleting one id as fast as they can (here the
+    scoped token itself, in its own repository): each create either creates
+    the entry or updates the one it finds, never a 5xx. PostgreSQL used to
+    give up after the row appeared and vanished three times between its
+    check and its insert (503 and an error log, about once a second here)."""
+    api, _ = await start()
+    item = {"id": "churn", "name": "quay.io/team-a/app", "tags": ["v1"]}
+    statuses: set[int] = set()
+    deadline = time.monotonic() + 4
+
+    async def churn() -> None:
+        while time.monotonic() < deadline:
+            statuses.add((await api.put(item, headers=bearer(TEAM_A))).status)
+            statuses.add((await api.delete("/images/churn", headers=bearer(TEAM_A))).status)
+
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.gather(*(churn() for _ in range(8)))
+    assert statuses == {200, 204}
+    assert [e for e in logs if e["log_level"] == "error"] == []
