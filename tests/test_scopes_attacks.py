@@ -134,3 +134,71 @@ async def test_a_scoped_create_settles_however_the_id_churns(start: Start) -> No
         await asyncio.gather(*(churn() for _ in range(8)))
     assert statuses == {200, 204}
     assert [e for e in logs if e["log_level"] == "error"] == []
+
+
+# -- spellings of names, ids and requests ------------------------------------------------
+
+DIGEST = "sha256:" + "b" * 64
+# Team-b's entry pinned by a repo digest: an id with '/' and '@' in the path.
+PINNED = {"id": f"quay.io/team-b/app@{DIGEST}", "name": "quay.io/team-b/app", "tags": ["v1"]}
+# Other teams' repositories spelled as a scoped token might hope slips through.
+SPELLINGS = [
+    "QUAY.IO/team-b/app",
+    "quay.io/team-a/../team-b/app",
+    "quay.io/team-a/./app",
+    "quay.io/team-a//app",
+    "quay.io/team-a/app/",
+    "quay.io/team-a%2Fapp",
+    "quay.io/team-a",
+    "quay.io./team-a/app",
+    "quay.io:443/team-a/app",
+    "quay.io/team-\u0430/app",  # a Cyrillic a
+    "quay.io/team-a/app ",
+    " quay.io/team-a/app",
+    f"quay.io/team-a/app@{DIGEST}",
+    "quay.io/team-a/app:latest",
+    "quay.io/team-a/" + "x" * 250,
+]
+
+
+async def raw_request(port: int, head: str) -> bytes:
+    """One request written by hand (repeated headers, odd methods); the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.encode())
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_no_spelling_reaches_another_teams_entry(start: Start) -> None:
+    api, running = await start()
+    assert (await api.put(PINNED, headers=bearer(ADMIN))).status == 200
+    before = await table(api)
+    for name in SPELLINGS:
+        reply = await api.put({"id": "new", "name": name, "tags": ["x"]}, headers=bearer(TEAM_A))
+        assert reply.status in (400, 403), (name, reply.status, reply.body)
+        for id_ in (PINNED["id"], "theirs"):
+            reply = await api.put({"id": id_, "name": name, "tags": ["x"]}, headers=bearer(TEAM_A))
+            assert reply.status in (400, 403), (name, id_, reply.status)
+    for path in (
+        "quay.io%2Fteam-b%2Fapp%40" + DIGEST.replace(":", "%3A"),
+        f"quay.io/team-b/app%40{DIGEST}",
+        f"quay.io/team-b/app@{DIGEST}",
+        "%74heirs",
+    ):
+        reply = await api.delete(f"/images/{path}", headers=bearer(TEAM_A))
+        assert reply.status == 403, (path, reply.status)
+    for head in (
+        # Both tokens, as two headers: neither is taken (Tornado joins them).
+        f"DELETE /images/theirs HTTP/1.1\r\nHost: i\r\nAuthorization: Bearer {TEAM_A}\r\n"
+        f"Authorization: Bearer {ADMIN}\r\nContent-Length: 0\r\n\r\n",
+        # A method override is not a method.
+        "POST /images/theirs HTTP/1.1\r\nHost: i\r\nX-HTTP-Method-Override: DELETE\r\n"
+        f"Authorization: Bearer {TEAM_A}\r\nContent-Length: 0\r\n\r\n",
+    ):
+        answer = await raw_request(running.port, head)
+        assert answer.split(b" ")[1] in (b"401", b"405"), answer
+    assert await table(api) == before
