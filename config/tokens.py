@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,49 @@ class Verdict:
 
 def token_digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    YAML keeps the last of two equal keys without a word: a second `scopes`
+    would widen a token, a second `is_disabled: false` re-enable it, a second
+    `tokens` drop every entry above it. Merge keys (`<<: *base`) are not
+    duplicates: an entry's own key overriding a shared default is their point.
+    """
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> Any:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            continue  # the mapping constructor refuses it with its own message
+        if key in seen:
+            # Only the file's own keys are named: any other might be a token
+            # pasted in the wrong place.
+            named = f" {key!r}" if key in _ENTRY_KEYS or key == "tokens" else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key{named}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+def _load_yaml(data: bytes) -> Any:
+    """`yaml.safe_load`, with duplicate keys refused (`_UniqueKeyLoader`)."""
+    loader = _UniqueKeyLoader(data)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -140,7 +184,7 @@ def parse_tokens(data: bytes, source: str) -> tuple[TokenEntry, ...]:
     if len(data) > MAX_FILE_SIZE:
         fail(f"larger than {MAX_FILE_SIZE} bytes")
     try:
-        doc = yaml.safe_load(data)
+        doc = _load_yaml(data)
     except yaml.YAMLError as exc:
         fail(_yaml_problem(exc))
     if doc is None:

@@ -16,6 +16,7 @@ import structlog
 from tokenfiles import bearer, entry, tokens_yaml, write_in_place
 from tornado.httpclient import AsyncHTTPClient
 
+from config.tokens import TokenFileError, parse_tokens
 from imagelist import RunningApp
 
 from client import Client
@@ -202,3 +203,55 @@ async def test_no_spelling_reaches_another_teams_entry(start: Start) -> None:
         answer = await raw_request(running.port, head)
         assert answer.split(b" ")[1] in (b"401", b"405"), answer
     assert await table(api) == before
+
+
+# -- the tokens file ---------------------------------------------------------------------
+
+DUPLICATED = """\
+tokens:
+  - name: team-a
+    token: 'dup-Sc0pe-Secret'
+    scopes: ['quay.io/team-a/*']
+    is_disabled: true
+{again}
+"""
+
+
+@pytest.mark.parametrize(
+    ("again", "problem"),
+    [
+        ("    scopes: ['docker.io/*']", "duplicate key 'scopes' (line 6, column 5)"),
+        ("    is_disabled: false", "duplicate key 'is_disabled' (line 6, column 5)"),
+        ("    token: 'other-Sc0pe-Secret'", "duplicate key 'token' (line 6, column 5)"),
+        ("tokens: []", "duplicate key 'tokens' (line 6, column 1)"),
+        ("    dup-Sc0pe-Secret: 1\n    dup-Sc0pe-Secret: 2", "duplicate key (line 7, column 5)"),
+    ],
+    ids=["scopes", "is_disabled", "token", "tokens", "unknown"],
+)
+def test_a_key_given_twice_is_refused_not_the_last_one_taken(again: str, problem: str) -> None:
+    """YAML keeps the last of two equal keys without a word: a second
+    `scopes` would widen the token, a second `is_disabled` re-enable it.
+    The file is refused instead, naming the key only when it is one of the
+    file's own (any other key might be a secret pasted in the wrong place)."""
+    with pytest.raises(TokenFileError) as caught:
+        parse_tokens(DUPLICATED.format(again=again).encode(), "tokens.yaml")
+    message = str(caught.value)
+    assert message.startswith("tokens file tokens.yaml: not valid YAML: ")
+    assert problem in message
+    assert "Secret" not in message
+
+
+def test_a_merge_key_may_still_be_overridden() -> None:
+    """YAML merge keys (`<<: *base`) are a shared default, which an entry's
+    own key overrides: that is not a key given twice."""
+    doc = (
+        "tokens:\n"
+        "  - &a {name: a, token: 'merge-a-Secret', scopes: ['quay.io/team-a/*']}\n"
+        "  - <<: *a\n"
+        "    name: b\n"
+        "    token: 'merge-b-Secret'\n"
+        "    scopes: ['quay.io/team-b/*']\n"
+    )
+    a, b = parse_tokens(doc.encode(), "tokens.yaml")
+    assert a.scope is not None and a.scope.describe() == ["quay.io/team-a/*"]
+    assert b.scope is not None and b.scope.describe() == ["quay.io/team-b/*"]
