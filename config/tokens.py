@@ -127,7 +127,33 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return "not valid YAML"
 
 
-def _entry(raw: Any, number: int, fail: Any) -> TokenEntry:
+def _file_digests(raw_entries: list[Any]) -> frozenset[bytes]:
+    """The digests of every token the file names, valid or not: a string
+    that hashes to one of them is a secret, wherever in the file it sits."""
+    digests: set[bytes] = set()
+    for raw in raw_entries:
+        if not isinstance(raw, dict):
+            continue
+        token, hashed = raw.get("token"), raw.get("token_sha256")
+        if isinstance(token, str):
+            digests.add(token_digest(token.encode("utf-8", "surrogatepass")))
+        if isinstance(hashed, str) and _HEX64.match(hashed):
+            digests.add(bytes.fromhex(hashed))
+    return frozenset(digests)
+
+
+def _pasted_token(scopes: Any, secrets: frozenset[bytes]) -> int | None:
+    """The position of a pattern that is one of the file's tokens (pasted a
+    line off): its error must not quote it."""
+    if not isinstance(scopes, list):
+        return None
+    for number, text in enumerate(scopes, start=1):
+        if isinstance(text, str) and token_digest(text.encode("utf-8", "surrogatepass")) in secrets:
+            return number
+    return None
+
+
+def _entry(raw: Any, number: int, fail: Any, secrets: frozenset[bytes]) -> TokenEntry:
     if not isinstance(raw, dict):
         fail(f"entry {number}: expected a mapping with name and token")
     name = raw.get("name")
@@ -168,6 +194,9 @@ def _entry(raw: Any, number: int, fail: Any) -> TokenEntry:
         # `scopes: []` writes nothing; only a token without the key writes
         # everything, as before scopes existed. An empty `scopes:` (null) is
         # refused by parse_scope: which of the two it meant is a guess.
+        pasted = _pasted_token(raw["scopes"], secrets)
+        if pasted is not None:
+            fail(f"{label}: 'scopes': pattern {pasted} is a token of this file, not a pattern")
         try:
             scope = parse_scope(raw["scopes"])
         except PatternError as exc:
@@ -204,8 +233,9 @@ def parse_tokens(data: bytes, source: str) -> tuple[TokenEntry, ...]:
     entries: list[TokenEntry] = []
     names: dict[str, int] = {}
     digests: dict[bytes, str] = {}
+    secrets = _file_digests(raw_entries)
     for number, raw in enumerate(raw_entries, start=1):
-        entry = _entry(raw, number, fail)
+        entry = _entry(raw, number, fail, secrets)
         if entry.name in names:
             fail(f"entry {number}: duplicate name {entry.name!r} (also entry {names[entry.name]})")
         if entry.digest in digests:

@@ -5,6 +5,7 @@ test_scoped_tokens, each checked to change nothing it may not change."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -255,3 +256,21 @@ def test_a_merge_key_may_still_be_overridden() -> None:
     a, b = parse_tokens(doc.encode(), "tokens.yaml")
     assert a.scope is not None and a.scope.describe() == ["quay.io/team-a/*"]
     assert b.scope is not None and b.scope.describe() == ["quay.io/team-b/*"]
+
+
+@pytest.mark.parametrize("which", ["its own", "another entry's", "a hashed entry's"])
+def test_a_token_pasted_among_the_scopes_is_not_echoed(which: str) -> None:
+    """A pattern that is one of the file's tokens (pasted one line off) is
+    refused without quoting it: the message goes to the log and to
+    `--show-tokens`, which promise never to carry a secret."""
+    secret = "Pasted-Sc0pe-Secret"
+    a = entry("team-a", secret if which == "its own" else "a-Sc0pe-Secret", scopes=["x/*", secret])
+    if which == "a hashed entry's":
+        other = entry("other", token_sha256=hashlib.sha256(secret.encode()).hexdigest())
+    else:
+        other = entry("other", secret if which == "another entry's" else "o-Sc0pe-Secret")
+    with pytest.raises(TokenFileError) as caught:
+        parse_tokens(tokens_yaml(a, other).encode(), "tokens.yaml")
+    message = str(caught.value)
+    assert "entry 1 ('team-a'): 'scopes': pattern 2 is a token of this file" in message
+    assert "Sc0pe-Secret" not in message
