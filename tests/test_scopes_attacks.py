@@ -1,6 +1,7 @@
-"""Attacks on scoped tokens through the real app, on both backends: what a
-holder of a scoped (or just revoked) token tries beyond the plain cases of
-test_scoped_tokens, each checked to change nothing it may not change."""
+"""Attacks on scoped tokens beyond the plain cases of test_scoped_tokens:
+through the real app on both backends, what a holder of a scoped (or just
+revoked) token tries, each checked to change nothing it may not change; and
+tokens files that would silently widen a token or echo a secret."""
 
 from __future__ import annotations
 
