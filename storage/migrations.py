@@ -181,7 +181,9 @@ CREATE TRIGGER images_notify_truncate AFTER TRUNCATE ON images
     # moves only the columns imagelist derives (reference keys, keys_stale,
     # entry_json: the sweep, a key recomputation) is no change of the
     # entry and is not recorded, unless imagelist itself wrote it (a PUT
-    # is always one event).
+    # is always one event). That test is the UPDATE trigger's WHEN, which
+    # runs at once, so such updates (a key recomputation touches every
+    # row) queue nothing until commit.
     #
     # Sequence numbers follow commit order, so a reader paging by seq never
     # skips an event committed after it read a greater one: the trigger is
@@ -217,11 +219,6 @@ CREATE OR REPLACE FUNCTION imagelist_record_event_v1() RETURNS trigger
 DECLARE
     actor text := nullif(current_setting('imagelist.actor', true), '');
 BEGIN
-    IF TG_OP = 'UPDATE' AND actor IS NULL
-       AND (OLD.id, OLD.name, OLD.tags, OLD.created_at, OLD.updated_at)
-           IS NOT DISTINCT FROM (NEW.id, NEW.name, NEW.tags, NEW.created_at, NEW.updated_at) THEN
-        RETURN NULL;
-    END IF;
     PERFORM pg_advisory_xact_lock(1768777573);
     INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
                               actor, request_id)
@@ -254,9 +251,17 @@ BEGIN
 END
 $$;
 DROP TRIGGER IF EXISTS images_record_event ON images;
-CREATE CONSTRAINT TRIGGER images_record_event AFTER INSERT OR UPDATE OR DELETE ON images
+CREATE CONSTRAINT TRIGGER images_record_event AFTER INSERT OR DELETE ON images
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION imagelist_record_event_v1();
+DROP TRIGGER IF EXISTS images_record_update ON images;
+CREATE CONSTRAINT TRIGGER images_record_update AFTER UPDATE ON images
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.name, OLD.tags, OLD.created_at, OLD.updated_at)
+              IS DISTINCT FROM (NEW.id, NEW.name, NEW.tags, NEW.created_at, NEW.updated_at)
+          OR current_setting('imagelist.actor', true) <> '')
+    EXECUTE FUNCTION imagelist_record_event_v1();
 DROP TRIGGER IF EXISTS image_events_append_only ON image_events;
 CREATE TRIGGER image_events_append_only BEFORE UPDATE OR DELETE ON image_events
     FOR EACH ROW EXECUTE FUNCTION imagelist_events_append_only_v1();

@@ -395,6 +395,12 @@ class PostgresStorage(Storage):
         await cur.execute("BEGIN")
         try:
             await cur.execute(LOCK_SQL, {"key": MIGRATION_LOCK_KEY})
+            # The audit trail's trigger is deferred to commit; a migration
+            # that changes rows and then alters the table would find its
+            # events still pending (which PostgreSQL refuses): they are
+            # recorded as each statement ends instead. Numbering stays in
+            # commit order: the trigger's lock is held until commit.
+            await cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
             await cur.execute(SCHEMA_TABLE_SQL)
             await cur.execute(VERSION_SQL)
             (version,) = await cur.fetchone()

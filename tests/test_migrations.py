@@ -30,10 +30,12 @@ RELEASED = {
         "95ffbd48057b1fff72798bb293a6ad5763cb2bfe93c33afbbed00a960c75f574",
         "f8ad406244baa1d65b5b52c8f9f47a52650ee1d6eb3e922d8d7965e502d7b6a3",
         "6e7ca82b2e36fd948fa7a4772813a1bf8ec38b99ba5a5eed8dc5e4ba8edb16f3",
+        "e698038e178a7951736a72030839bfb57aa6e7d0c93492e1c83d3194b1143945",
     ],
     "sqlite": [
         "6586c257ab619afa73f818f36bb63176464b5ddcc36b0a7049424e6299f32a31",
         "8783e96e74a5f01ea6aa9f77595cc2d14e271028e2116f95b3e520567af288ca",
+        "82ba66e330951ee694b8f7ce68ad32a3b3886b84597f092b8fcfa8f17785ee72",
     ],
 }
 BACKENDS = {"postgres": POSTGRES, "sqlite": SQLITE}
