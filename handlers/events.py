@@ -14,7 +14,6 @@ from typing import Any
 from handlers.base import BaseHandler
 from handlers.errors import ApiError
 from handlers.paging import ascii_digits
-from handlers.validation import MAX_STORED_ID_BYTES
 from storage.model import Event, EventQuery, format_timestamp
 
 DEFAULT_EVENTS_PAGE = 100
@@ -23,6 +22,9 @@ MAX_EVENTS_PAGE = 1000
 MAX_SEQ = 2**63 - 1
 # A token name or a database role; longer is no actor.
 MAX_ACTOR_LEN = 255
+# Ids stored by older writers may be long (handlers.validation): every
+# stored id can be asked for.
+MAX_IMAGE_ID_LEN = 2704
 
 
 def event_json(event: Event) -> dict[str, Any]:
@@ -45,13 +47,11 @@ def _number(raw: str, name: str, low: int, high: int) -> int:
     return int(raw)
 
 
-def _text(raw: str, name: str, max_bytes: int) -> str:
+def _text(raw: str, name: str, max_len: int) -> str:
     # A NUL never reaches SQL: PostgreSQL refuses it in any string.
-    if not raw or "\x00" in raw or len(raw.encode("utf-8")) > max_bytes:
+    if not raw or "\x00" in raw or len(raw) > max_len:
         raise ApiError(
-            400,
-            f"{name} must be 1 to {max_bytes} bytes of UTF-8 without NUL",
-            {"parameter": name},
+            400, f"{name} must be 1 to {max_len} characters without NUL", {"parameter": name}
         )
     return raw
 
@@ -67,7 +67,7 @@ class EventsHandler(BaseHandler):
             limit=DEFAULT_EVENTS_PAGE
             if limit_raw is None
             else _number(limit_raw, "limit", 1, MAX_EVENTS_PAGE),
-            image_id=None if image_id is None else _text(image_id, "image_id", MAX_STORED_ID_BYTES),
+            image_id=None if image_id is None else _text(image_id, "image_id", MAX_IMAGE_ID_LEN),
             actor=None if actor is None else _text(actor, "actor", MAX_ACTOR_LEN),
         )
         events = await self.ctx.storage.events(query)
