@@ -211,3 +211,36 @@ async def test_an_instance_waiting_on_the_migration_lock_starts_and_recovers(
     finally:
         other.close()
         await store.close()
+
+
+# The audit trail's trigger runs at commit; a migration that changes entries
+# and then alters their table in the same transaction found those events
+# still pending, which PostgreSQL refuses. A next migration of that shape
+# (run here as if released after today's) must apply, its changes recorded.
+@pytest.mark.gen_test(timeout=60)
+async def test_a_migration_may_change_entries_and_then_alter_their_table(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storage.postgres
+
+    url = create_database(pg_server_url, f"imagelist_evmig_{uuid.uuid4().hex[:8]}")
+    first = create_storage(url)
+    await first.open()
+    await first.put(NewEntry("a", "a/b", ("1",)))
+    await first.close()
+    later = Migration(
+        "UPDATE images SET tags = tags || '{migrated}';"
+        " ALTER TABLE images ADD COLUMN IF NOT EXISTS later integer"
+    )
+    monkeypatch.setattr(storage.postgres, "POSTGRES", (*POSTGRES, later))
+    store = create_storage(url)
+    await store.open()
+    try:
+        assert (await store.get("a")).tags == ("1", "migrated")
+    finally:
+        await store.close()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT action, tags_after FROM image_events ORDER BY seq")
+        assert cur.fetchall() == [("created", ["1"]), ("updated", ["1", "migrated"])]
+    conn.close()
