@@ -190,7 +190,9 @@ CREATE TRIGGER images_notify_truncate AFTER TRUNCATE ON images
     # a deferred constraint trigger (it runs at COMMIT) that takes one
     # advisory lock, held until the transaction ends, before numbering.
     # Writers therefore commit one at a time; the lock is held for the
-    # event insert and the commit only.
+    # event insert and the commit only. A TRUNCATE of images is one deleted
+    # event per row, numbered at once (a statement trigger cannot wait for
+    # commit), under the same lock, held from then until its commit.
     #
     # SECURITY DEFINER with a pinned search_path: a role that may write
     # images records events without any right on image_events. Events are
@@ -234,6 +236,20 @@ BEGIN
     RETURN NULL;
 END
 $$;
+CREATE OR REPLACE FUNCTION imagelist_record_truncate_v1() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1768777573);
+    INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
+                              actor, request_id)
+    SELECT nextval('image_events_seq'), clock_timestamp(), 'deleted', gone.id, gone.name,
+           gone.tags, NULL,
+           coalesce(nullif(current_setting('imagelist.actor', true), ''), session_user),
+           nullif(current_setting('imagelist.request_id', true), '')
+    FROM (SELECT id, name, tags FROM images ORDER BY id) AS gone;
+    RETURN NULL;
+END
+$$;
 CREATE OR REPLACE FUNCTION imagelist_events_append_only_v1() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -247,6 +263,8 @@ $$;
 DO $$
 BEGIN
     EXECUTE format('ALTER FUNCTION imagelist_record_event_v1() SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION imagelist_record_truncate_v1() SET search_path = pg_catalog, %I, pg_temp',
                    current_schema());
 END
 $$;
@@ -262,6 +280,9 @@ CREATE CONSTRAINT TRIGGER images_record_update AFTER UPDATE ON images
               IS DISTINCT FROM (NEW.id, NEW.name, NEW.tags, NEW.created_at, NEW.updated_at)
           OR current_setting('imagelist.actor', true) <> '')
     EXECUTE FUNCTION imagelist_record_event_v1();
+DROP TRIGGER IF EXISTS images_record_truncate ON images;
+CREATE TRIGGER images_record_truncate BEFORE TRUNCATE ON images
+    FOR EACH STATEMENT EXECUTE FUNCTION imagelist_record_truncate_v1();
 DROP TRIGGER IF EXISTS image_events_append_only ON image_events;
 CREATE TRIGGER image_events_append_only BEFORE UPDATE OR DELETE ON image_events
     FOR EACH ROW EXECUTE FUNCTION imagelist_events_append_only_v1();

@@ -83,6 +83,21 @@ async def test_sql_writes_are_recorded_under_their_role(api, ctx) -> None:
 
 
 @pytest.mark.gen_test
+async def test_a_truncate_is_a_deleted_event_per_entry(api, ctx) -> None:
+    for entry_id in ("t2", "t1"):
+        await ctx.storage.put(NewEntry(entry_id, "a/b", ("1",)), Writer(actor="ci"))
+    await asyncio.to_thread(sql, ctx.config.database_url, "TRUNCATE images")
+    got = await ctx.storage.events(EventQuery())
+    assert [(e.action, e.image_id, e.actor) for e in got] == [
+        ("created", "t2", "ci"),
+        ("created", "t1", "ci"),
+        ("deleted", "t1", "postgres"),
+        ("deleted", "t2", "postgres"),
+    ]
+    assert got[-1].tags_before == ("1",) and got[-1].tags_after is None
+
+
+@pytest.mark.gen_test
 async def test_the_trail_is_append_only_even_for_the_owner(api, ctx) -> None:
     await ctx.storage.put(NewEntry("a", "a/b", ("1",)), Writer(actor="ci"))
     url = ctx.config.database_url
