@@ -29,6 +29,7 @@ from config.watch import FileWatcher
 from handlers import AppContext, make_app
 from handlers.connections import GuardedSocket, LimitedHTTPServer
 from storage import Replica, Storage, StorageError, create_replica, create_storage
+from storage.retention import prune_events_forever
 from storage.sweep import sweep_stale_keys
 
 log = structlog.get_logger("imagelist")
@@ -146,6 +147,7 @@ def build_storage(config: Config, metrics: Metrics) -> Storage:
         observer=metrics.observe_query,
     )
     metrics.watch_storage(storage)
+    storage.on_event = metrics.observe_event
     return storage
 
 
@@ -272,9 +274,18 @@ async def serve(config: Config) -> int:
             # Rows other writers add get their reference keys; stopped
             # before the app drains and its store closes.
             sweeper = asyncio.create_task(sweep_stale_keys(running.ctx.storage))
+            # The audit trail's retention, at start and hourly.
+            pruner = asyncio.create_task(
+                prune_events_forever(
+                    running.ctx.storage,
+                    config.events_retention_days,
+                    running.ctx.metrics.observe_pruned,
+                )
+            )
             try:
                 pinger = await run_until_stopped(running)
             finally:
+                await cancel(pruner)
                 await cancel(sweeper)
     except StartupError as exc:
         log.error(exc.event, **exc.fields)

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from storage.base import Storage
 from storage.errors import StorageError
+from storage.model import ACTIONS
 from storage.replica import Replica
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -216,6 +217,20 @@ class Metrics:
             "because the database did not answer (within --replica-max-age).",
             registry=r,
         )
+        self.events_written = Counter(
+            "imagelist_events_written_total",
+            "Audit events this instance's writes recorded, by action (created, updated, "
+            "deleted); changes made by SQL are recorded by the database and not counted here.",
+            ["action"],
+            registry=r,
+        )
+        for action in ACTIONS:
+            self.events_written.labels(action)  # exported from zero
+        self.events_pruned = Counter(
+            "imagelist_events_pruned_total",
+            "Audit events this instance deleted as older than --events-retention-days.",
+            registry=r,
+        )
         # The standard process_* (CPU, resident memory, open fds) and
         # python_info families, read from /proc at scrape time.
         ProcessCollector(registry=r)
@@ -250,6 +265,13 @@ class Metrics:
             child = self.db_query_seconds.labels(operation, "ok" if ok else "error")
             self._query_children[key] = child
         child.observe(seconds)
+
+    def observe_event(self, action: str) -> None:
+        """A `storage.base.EventListener`: set it as the store's on_event."""
+        self.events_written.labels(action).inc()
+
+    def observe_pruned(self, events: int) -> None:
+        self.events_pruned.inc(events)
 
     def observe_replica(self, event: str, amount: float) -> None:
         """A `storage.ReplicaObserver`: pass it to create_replica."""

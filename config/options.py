@@ -84,6 +84,8 @@ class Config:
     #: The Go service's environment variables this configuration took.
     legacy_env: tuple[str, ...] = ()
     replica_max_age: float = 600.0
+    #: Days audit events are kept; 0 keeps every event.
+    events_retention_days: int = 365
 
     @property
     def tls(self) -> bool:
@@ -253,6 +255,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "600",
         metavar="SECONDS",
     )
+    add(
+        "events-retention-days",
+        "days the audit trail (GET /events) keeps an event; older ones are "
+        "pruned hourly; 0 keeps every event",
+        "365",
+        metavar="DAYS",
+    )
     return parser
 
 
@@ -371,4 +380,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
         action=str(ns.action),
         legacy_env=used,
         replica_max_age=float(_number("replica-max-age", ns.replica_max_age, float, 0)),
+        events_retention_days=int(
+            _number("events-retention-days", ns.events_retention_days, int, 0)
+        ),
     )

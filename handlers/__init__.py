@@ -16,6 +16,7 @@ from handlers.admission import (
 from handlers.base import BaseHandler, log_request
 from handlers.context import AppContext
 from handlers.docs import OpenApiDocument, OpenApiJsonHandler, OpenApiYamlHandler
+from handlers.events import EventsHandler
 from handlers.health import LiveHandler, NotFoundHandler, PingHandler
 from handlers.images import EntriesHandler, EntryHandler
 from handlers.metrics import MetricsHandler
@@ -27,6 +28,7 @@ __all__ = ["AppContext", "make_app", "route_pattern"]
 HANDLERS: tuple[type[BaseHandler], ...] = (
     EntriesHandler,
     EntryHandler,
+    EventsHandler,
     PingHandler,
     LiveHandler,
     MetricsHandler,

@@ -18,6 +18,8 @@ from storage.legacy import Survey
 from storage.model import (
     ANONYMOUS,
     Entry,
+    Event,
+    EventQuery,
     JsonPage,
     ListQuery,
     NewEntry,
@@ -41,6 +43,14 @@ S = TypeVar("S", bound="Storage")
 #: Told about every storage operation: (operation, seconds, ok). Metrics hang
 #: off this so that storage stays free of prometheus and tornado.
 QueryObserver = Callable[[str, float, bool], None]
+
+#: Told about every audit event a write through this store committed: the
+#: action. Writers outside imagelist (psql) record events it never sees.
+EventListener = Callable[[str], None]
+
+#: Audit events one `prune_events` statement deletes at most: bounds the
+#: time a prune holds a connection and the rows it locks.
+PRUNE_BATCH = 1000
 
 #: Told about every write through a store once it is committed: the id, and
 #: the entry as stored (None: deleted). The admission replica hangs off this.
@@ -104,6 +114,8 @@ class Storage(abc.ABC):
     observer: QueryObserver | None = None
     #: Optional callback told about every committed write (see ChangeListener).
     on_change: ChangeListener | None = None
+    #: Optional callback told about every audit event written (EventListener).
+    on_event: EventListener | None = None
     statements: Statements
 
     # -- lifecycle -----------------------------------------------------------
@@ -141,16 +153,27 @@ class Storage(abc.ABC):
     async def _execute(self, sql: str, params: Mapping[str, object]) -> None: ...
 
     @abc.abstractmethod
-    async def _upsert(self, new: NewEntry, writer: Writer) -> Row:
+    async def _upsert(self, new: NewEntry, writer: Writer) -> tuple[Row, bool]:
         """Insert `new`, or set the tags of its existing id (`new.tags` None:
-        keep the entry as it is); the stored row. In one transaction, raise
-        OutOfScope unless `writer` may write the stored name (or, creating,
-        `new.name`)."""
+        keep the entry as it is); the stored row, and whether it was
+        created. In one transaction, raise OutOfScope unless `writer` may
+        write the stored name (or, creating, `new.name`), and record the
+        audit event (created or updated) for `writer`."""
 
     @abc.abstractmethod
     async def _delete(self, entry_id: str, writer: Writer) -> bool:
         """Remove the id; whether it existed. In one transaction, raise
-        OutOfScope unless `writer` may write the stored name."""
+        OutOfScope unless `writer` may write the stored name, and record
+        the audit event when the id existed."""
+
+    @abc.abstractmethod
+    def _to_event(self, row: Row) -> Event:
+        """An event from the columns `storage.sql.EVENT_COLUMNS` names."""
+
+    @abc.abstractmethod
+    async def _prune_events(self, before: dt.datetime, limit: int) -> int:
+        """Delete at most `limit` of the oldest events from before `before`
+        in one statement; how many."""
 
     @abc.abstractmethod
     def _to_entry(self, row: Row) -> Entry:
@@ -184,10 +207,13 @@ class Storage(abc.ABC):
         row. `new.tags` None keeps an existing entry as it is (and creates
         one without tags), as the Go service did. OutOfScope when `writer`
         may not write the entry; then nothing is written."""
-        stored = self._to_entry(await self._upsert(new, writer))
+        row, created = await self._upsert(new, writer)
+        stored = self._to_entry(row)
         warn_if_unmatchable(stored)
         if self.on_change is not None:
             self.on_change(stored.id, stored)
+        if self.on_event is not None:
+            self.on_event("created" if created else "updated")
         return stored
 
     @observed
@@ -198,7 +224,29 @@ class Storage(abc.ABC):
         deleted = await self._delete(entry_id, writer)
         if deleted and self.on_change is not None:
             self.on_change(entry_id, None)
+        if deleted and self.on_event is not None:
+            self.on_event("deleted")
         return deleted
+
+    @observed
+    async def events(self, query: EventQuery) -> list[Event]:
+        """At most `query.limit` audit events, oldest first, with a sequence
+        number greater than `query.after`, of `query.image_id` and
+        `query.actor` when given."""
+        sql = self.statements.events[(query.image_id is not None, query.actor is not None)]
+        params = {
+            "after": query.after,
+            "limit": query.limit,
+            "image_id": query.image_id,
+            "actor": query.actor,
+        }
+        return [self._to_event(r) for r in await self._fetch_all(sql, params)]
+
+    @observed
+    async def prune_events(self, before: dt.datetime, limit: int = PRUNE_BATCH) -> int:
+        """Delete at most `limit` audit events from before `before`, oldest
+        first, in one short statement; how many (fewer than `limit`: done)."""
+        return await self._prune_events(before, limit)
 
     @observed
     async def count(self) -> int:

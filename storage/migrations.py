@@ -174,6 +174,123 @@ CREATE TRIGGER images_notify_truncate AFTER TRUNCATE ON images
     FOR EACH STATEMENT EXECUTE FUNCTION imagelist_notify_change_v1();
 """
     ),
+    # The audit trail: one event per change to an entry, by any writer.
+    # imagelist's own writes name their token and request in transaction-
+    # local settings (imagelist.actor, imagelist.request_id); any other
+    # writer is named by its database role (session_user). An UPDATE that
+    # moves only the columns imagelist derives (reference keys, keys_stale,
+    # entry_json: the sweep, a key recomputation) is no change of the
+    # entry and is not recorded, unless imagelist itself wrote it (a PUT
+    # is always one event). That test is the UPDATE trigger's WHEN, which
+    # runs at once, so such updates (a key recomputation touches every
+    # row) queue nothing until commit.
+    #
+    # Sequence numbers follow commit order, so a reader paging by seq never
+    # skips an event committed after it read a greater one: the trigger is
+    # a deferred constraint trigger (it runs at COMMIT) that takes one
+    # advisory lock, held until the transaction ends, before numbering.
+    # Writers therefore commit one at a time; the lock is held for the
+    # event insert and the commit only. A TRUNCATE of images is one deleted
+    # event per row, numbered at once (a statement trigger cannot wait for
+    # commit), under the same lock, held from then until its commit.
+    #
+    # SECURITY DEFINER with a pinned search_path: a role that may write
+    # images records events without any right on image_events. Events are
+    # append-only: UPDATE, DELETE and TRUNCATE are refused unless the
+    # transaction set imagelist.prune (the retention prune does; the
+    # table's owner can always drop the guard, as it can drop any trigger).
+    Migration(
+        """
+CREATE SEQUENCE IF NOT EXISTS image_events_seq;
+CREATE TABLE IF NOT EXISTS image_events (
+    seq          bigint PRIMARY KEY,
+    at           timestamptz NOT NULL,
+    action       text NOT NULL CHECK (action IN ('created', 'updated', 'deleted')),
+    image_id     text COLLATE "C" NOT NULL,
+    name         text COLLATE "C" NOT NULL,
+    tags_before  text[],
+    tags_after   text[],
+    actor        text COLLATE "C" NOT NULL,
+    request_id   text
+);
+CREATE INDEX IF NOT EXISTS image_events_image_id ON image_events (image_id, seq);
+CREATE INDEX IF NOT EXISTS image_events_actor ON image_events (actor, seq);
+CREATE INDEX IF NOT EXISTS image_events_at ON image_events (at);
+CREATE OR REPLACE FUNCTION imagelist_record_event_v1() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    actor text := nullif(current_setting('imagelist.actor', true), '');
+BEGIN
+    PERFORM pg_advisory_xact_lock(1768777573);
+    INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
+                              actor, request_id)
+    VALUES (nextval('image_events_seq'), clock_timestamp(),
+            CASE TG_OP WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated'
+                       ELSE 'deleted' END,
+            CASE TG_OP WHEN 'DELETE' THEN OLD.id ELSE NEW.id END,
+            CASE TG_OP WHEN 'DELETE' THEN OLD.name ELSE NEW.name END,
+            CASE TG_OP WHEN 'INSERT' THEN NULL ELSE OLD.tags END,
+            CASE TG_OP WHEN 'DELETE' THEN NULL ELSE NEW.tags END,
+            coalesce(actor, session_user),
+            nullif(current_setting('imagelist.request_id', true), ''));
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE FUNCTION imagelist_record_truncate_v1() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1768777573);
+    INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
+                              actor, request_id)
+    SELECT nextval('image_events_seq'), clock_timestamp(), 'deleted', gone.id, gone.name,
+           gone.tags, NULL,
+           coalesce(nullif(current_setting('imagelist.actor', true), ''), session_user),
+           nullif(current_setting('imagelist.request_id', true), '')
+    FROM (SELECT id, name, tags FROM images ORDER BY id) AS gone;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE FUNCTION imagelist_events_append_only_v1() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('imagelist.prune', true), '') = 'on' AND TG_OP <> 'UPDATE' THEN
+        RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NULL END;
+    END IF;
+    RAISE EXCEPTION 'image_events is append-only: % refused', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION imagelist_record_event_v1() SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION imagelist_record_truncate_v1() SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
+END
+$$;
+DROP TRIGGER IF EXISTS images_record_event ON images;
+CREATE CONSTRAINT TRIGGER images_record_event AFTER INSERT OR DELETE ON images
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION imagelist_record_event_v1();
+DROP TRIGGER IF EXISTS images_record_update ON images;
+CREATE CONSTRAINT TRIGGER images_record_update AFTER UPDATE ON images
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.name, OLD.tags, OLD.created_at, OLD.updated_at)
+              IS DISTINCT FROM (NEW.id, NEW.name, NEW.tags, NEW.created_at, NEW.updated_at)
+          OR current_setting('imagelist.actor', true) <> '')
+    EXECUTE FUNCTION imagelist_record_event_v1();
+DROP TRIGGER IF EXISTS images_record_truncate ON images;
+CREATE TRIGGER images_record_truncate BEFORE TRUNCATE ON images
+    FOR EACH STATEMENT EXECUTE FUNCTION imagelist_record_truncate_v1();
+DROP TRIGGER IF EXISTS image_events_append_only ON image_events;
+CREATE TRIGGER image_events_append_only BEFORE UPDATE OR DELETE ON image_events
+    FOR EACH ROW EXECUTE FUNCTION imagelist_events_append_only_v1();
+DROP TRIGGER IF EXISTS image_events_no_truncate ON image_events;
+CREATE TRIGGER image_events_no_truncate BEFORE TRUNCATE ON image_events
+    FOR EACH STATEMENT EXECUTE FUNCTION imagelist_events_append_only_v1();
+"""  # noqa: E501 - frozen once released
+    ),
 )
 
 #: The channels migration 6's trigger notifies.
@@ -203,7 +320,31 @@ CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest)
 """,
         recompute_keys=True,
     ),
+    # The audit trail (see the PostgreSQL migration): written by imagelist
+    # in the same transaction as the change, the only writer of this file.
+    # AUTOINCREMENT: a pruned sequence number is never handed out again.
+    Migration(
+        """
+CREATE TABLE IF NOT EXISTS image_events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           INTEGER NOT NULL,   -- microseconds since the epoch, UTC
+    action       TEXT NOT NULL,
+    image_id     TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    tags_before  TEXT,               -- JSON array of strings, NULL when created
+    tags_after   TEXT,               -- JSON array of strings, NULL when deleted
+    actor        TEXT NOT NULL,
+    request_id   TEXT
+);
+CREATE INDEX IF NOT EXISTS image_events_image_id ON image_events (image_id, seq);
+CREATE INDEX IF NOT EXISTS image_events_actor ON image_events (actor, seq);
+CREATE INDEX IF NOT EXISTS image_events_at ON image_events (at);
+"""
+    ),
 )
+
+#: The advisory lock the PostgreSQL event trigger numbers events under.
+EVENTS_LOCK_KEY = 1768777573  # "imge"
 
 
 def split_statements(sql: str) -> list[str]:

@@ -74,6 +74,38 @@ class ListQuery:
     limit: int = 500
 
 
+#: What an event says happened to an entry.
+ACTIONS: tuple[str, ...] = ("created", "updated", "deleted")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change to an entry in the audit trail."""
+
+    #: Increases with commit order: a reader paging by seq misses nothing.
+    seq: int
+    at: dt.datetime
+    action: str
+    image_id: str
+    name: str
+    #: None when created / deleted.
+    tags_before: tuple[str, ...] | None
+    tags_after: tuple[str, ...] | None
+    #: The token's name, "anonymous", or the database role of an SQL writer.
+    actor: str
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Events oldest first, strictly after `after`, optionally filtered."""
+
+    after: int = 0
+    limit: int = 100
+    image_id: str | None = None
+    actor: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class JsonPage:
     """A page of entries already rendered as the API's JSON objects."""

