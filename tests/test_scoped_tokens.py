@@ -340,3 +340,31 @@ async def test_a_scoped_create_racing_another_teams_create_never_writes_their_en
         else:
             assert second.status == 200
     assert outcomes <= {(200, 200), (200, 403)}
+
+
+# -- the audit trail -------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_trail_names_the_scoped_token_and_records_no_refusal(start: Start) -> None:
+    api, _ = await start()
+    seeded = (await api.get("/events?limit=1000")).json
+    last = seeded[-1]["seq"]
+
+    ok = await api.put(
+        {"id": "mine", "name": "quay.io/team-a/app", "tags": ["1.4"]}, headers=bearer(TEAM_A)
+    )
+    assert ok.status == 200, ok.body
+    assert (
+        await api.put({"id": "theirs", "name": "quay.io/team-a/app"}, headers=bearer(TEAM_A))
+    ).status == 403
+    assert (await api.delete("/images/theirs", headers=bearer(TEAM_A))).status == 403
+    assert (await api.delete("/images/mine", headers=bearer(TEAM_A))).status == 204
+
+    events = (await api.get(f"/events?after={last}")).json
+    assert [(e["action"], e["id"], e["actor"]) for e in events] == [
+        ("created", "mine", "team-a"),
+        ("deleted", "mine", "team-a"),
+    ]
+    assert events[0]["request_id"] == ok.headers["X-Request-ID"]
+    assert {e["actor"] for e in seeded} == {"admin"}
