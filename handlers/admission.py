@@ -154,7 +154,7 @@ class AllowedHandler(AdmissionHandler):
                 "allowed": decision.allowed,
                 "image": decision.resolved,
                 "reason": decision.reason,
-                "entry": entry_json(decision.entry) if decision.entry else None,
+                "entry": None if decision.entry is None else entry_json(decision.entry),
                 # What /admission/mutate would rewrite it to, so a pipeline
                 # can deploy the pinned reference itself.
                 "pin": decision.pinned,

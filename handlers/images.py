@@ -14,13 +14,13 @@ from handlers.paging import decode_cursor, encode_cursor, parse_limit
 from handlers.validation import check_name, lookup_id, parse_entry
 from storage.base import position_of
 from storage.errors import NotFound, StorageError
-from storage.model import DEFAULT_SORT, SORT_KEYS, Entry, ListQuery, format_timestamp
+from storage.model import DEFAULT_SORT, SORT_KEYS, EntryView, ListQuery, format_timestamp
 
 DEFAULT_PAGE = 100
 log = structlog.get_logger("imagelist.http")
 
 
-def entry_json(entry: Entry) -> dict[str, Any]:
+def entry_json(entry: EntryView) -> dict[str, Any]:
     return {
         "id": entry.id,
         "name": entry.name,

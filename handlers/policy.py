@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from handlers.errors import ApiError
-from storage.model import Entry
+from storage.model import EntryView
 from storage.pinning import pin_digest, pinned
 from storage.reference import InvalidReference, Reference, parse_reference
 
 
 class Matcher(Protocol):
-    """A Storage, or the Replica in front of it."""
+    """A Storage (full entries), or the Replica in front of it (its compact
+    entries, or the Storage's when it asked the database)."""
 
-    def match(self, refs: Sequence[Reference]) -> Awaitable[list[tuple[Entry, ...]]]: ...
+    def match(self, refs: Sequence[Reference]) -> Awaitable[Sequence[tuple[EntryView, ...]]]: ...
 
 
 # Longest slice of an invalid reference quoted back in messages and logs.
@@ -47,7 +48,7 @@ class TooManyReferences(ApiError):
 class Decision:
     written: str  # the reference as the caller wrote it
     reference: Reference | None  # parsed; None: not a valid reference
-    entry: Entry | None  # the entry that allows it
+    entry: EntryView | None  # the entry that allows it; None: denied
     reason: str
     pin: str | None = None  # the digest to pin a tag reference to (storage.pinning)
 
@@ -81,7 +82,7 @@ def quote(text: str) -> str:
     return safe or '""'
 
 
-def _reason(reference: Reference, entry: Entry | None) -> str:
+def _reason(reference: Reference, entry: EntryView | None) -> str:
     if reference.digest is not None:
         if entry is None:
             return f"no entry for {reference.name} has digest {reference.digest}"
@@ -115,7 +116,7 @@ async def decide(storage: Matcher, written: Sequence[str]) -> dict[str, Decision
     return decisions
 
 
-def decision(written: str, reference: Reference, allowing: Sequence[Entry]) -> Decision:
+def decision(written: str, reference: Reference, allowing: Sequence[EntryView]) -> Decision:
     """The decision on a valid reference from the entries that allow it,
     newest first (Storage.match's answer)."""
     entry = allowing[0] if allowing else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 # The API's sort keys mapped to the column they order by. Everything that
 # builds SQL looks the key up here, so only these names ever reach a query.
@@ -55,6 +56,27 @@ class Entry:
         if sort == "name":
             return self.name
         return to_micros(getattr(self, sort))
+
+
+class EntryView(Protocol):
+    """What deciding on an entry and showing it in an answer read of it: an
+    Entry has it, and so has the admission replica's compact entry
+    (storage.replica.ReplicaEntry), which keeps no more than that."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+    @property
+    def created_at(self) -> dt.datetime: ...
+
+    @property
+    def updated_at(self) -> dt.datetime: ...
 
 
 @dataclass(frozen=True, slots=True)

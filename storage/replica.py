@@ -29,11 +29,11 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from storage.errors import StorageError, StorageUnavailable
-from storage.model import Entry
+from storage.memory import release_free_memory
+from storage.model import Entry, EntryView, from_micros, to_micros
 from storage.reference import Reference, reference_keys
 
 if TYPE_CHECKING:
@@ -56,21 +56,54 @@ LOCAL_KEPT = 1000
 ReplicaObserver = Callable[[str, float], None]
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaEntry(Entry):
-    """An entry as the replica holds it: the entry and what it is indexed by
-    (its normalized repository name, and the digest its id stands for)."""
+class ReplicaEntry:
+    """An entry as the replica holds it: what a decision matches on (its
+    normalized repository name, the digest its id stands for, its tags,
+    when it was updated) and what an admission answer shows of it.
 
-    norm_name: str | None = None
-    digest: str | None = None
+    A plain class with slots, timestamps as integer microseconds: 100,000 of
+    these are held at once, and an Entry with two datetime objects costs
+    about a third more. It satisfies storage.model.EntryView (the datetimes
+    are made when asked for, which only an answer that shows it does)."""
+
+    __slots__ = ("created_us", "digest", "id", "name", "norm_name", "tags", "updated_us")
+
+    def __init__(
+        self,
+        entry_id: str,
+        name: str,
+        tags: tuple[str, ...],
+        created_us: int,
+        updated_us: int,
+        norm_name: str | None,
+        digest: str | None,
+    ) -> None:
+        self.id = entry_id
+        self.name = name
+        self.tags = tags
+        self.created_us = created_us
+        self.updated_us = updated_us
+        self.norm_name = norm_name
+        self.digest = digest
+
+    @property
+    def created_at(self) -> dt.datetime:
+        return from_micros(self.created_us)
+
+    @property
+    def updated_at(self) -> dt.datetime:
+        return from_micros(self.updated_us)
+
+    def __repr__(self) -> str:
+        return f"ReplicaEntry({self.id!r}, {self.name!r}, {self.tags!r}, {self.updated_us})"
 
 
 def replica_entry(
     entry_id: str,
     name: str,
-    tags: tuple[str, ...],
-    created_at: dt.datetime,
-    updated_at: dt.datetime,
+    tags: Iterable[str],
+    created_us: int,
+    updated_us: int,
     norm_name: str | None,
     digest: str | None,
     shared: dict[str, str] | None = None,
@@ -83,9 +116,11 @@ def replica_entry(
     large list is mostly the same repositories and tags."""
     if shared is not None:
         name = shared.setdefault(name, name)
-        tags = tuple([shared.setdefault(tag, tag) for tag in tags])
+        kept = tuple([shared.setdefault(tag, tag) for tag in tags])
         if norm_name is not None:
             norm_name = shared.setdefault(norm_name, norm_name)
+    else:
+        kept = tuple(tags)
     if norm_name is None:
         norm_name, digest = reference_keys(name, entry_id)
     # The same value twice is kept once: usually the name is already
@@ -94,16 +129,41 @@ def replica_entry(
         norm_name = name
     if digest == entry_id:
         digest = entry_id
-    if created_at == updated_at:  # never updated: one timestamp object
-        created_at = updated_at
-    return ReplicaEntry(entry_id, name, tags, created_at, updated_at, norm_name, digest)
+    if created_us == updated_us:  # never updated: one int object
+        created_us = updated_us
+    return ReplicaEntry(entry_id, name, kept, created_us, updated_us, norm_name, digest)
 
 
 def entry_of(entry: Entry) -> ReplicaEntry:
     """The replica's entry for an entry just written through this instance."""
     return replica_entry(
-        entry.id, entry.name, entry.tags, entry.created_at, entry.updated_at, None, None
+        entry.id,
+        entry.name,
+        entry.tags,
+        to_micros(entry.created_at),
+        to_micros(entry.updated_at),
+        None,
+        None,
     )
+
+
+class LoadClock:
+    """Wall and CPU seconds of one full load, from its first query to the
+    swap. CPU is the process's (every thread: SQLite reads on its own), so
+    requests served during the load count too; on an idle daemon it is the
+    load's."""
+
+    __slots__ = ("_cpu", "_wall")
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self._wall
+
+    def cpu_seconds(self) -> float:
+        return time.process_time() - self._cpu
 
 
 _Key = tuple[str, str]
@@ -117,8 +177,8 @@ _Found = ReplicaEntry | tuple[ReplicaEntry, ...]
 SCAN_AT_MOST = 16
 
 
-def _order(entry: ReplicaEntry) -> tuple[dt.datetime, str]:
-    return (entry.updated_at, entry.id)
+def _order(entry: ReplicaEntry) -> tuple[int, str]:
+    return (entry.updated_us, entry.id)
 
 
 def _allows(entry: ReplicaEntry, ref: Reference) -> bool:
@@ -137,6 +197,54 @@ def _packed(entries: Sequence[ReplicaEntry]) -> _Found | None:
     return entries[0] if entries else None
 
 
+class IndexBuilder:
+    """A new index, built off to the side from one snapshot's rows, page by
+    page, while the current one keeps answering; `build` hands it over
+    whole for the replica to swap in at once. Each repeated name and tag is
+    kept once (one `shared` per load)."""
+
+    __slots__ = ("_entries", "shared")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, ReplicaEntry] = {}
+        self.shared: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, entry: ReplicaEntry) -> None:
+        """One row of the snapshot (a repeated id: the later row wins)."""
+        self._entries[entry.id] = entry
+
+    def build(self) -> ReplicaIndex:
+        index = ReplicaIndex()
+        index._entries = self._entries
+        self._entries = {}
+        self.shared = {}  # only a load needs it
+        # Grouped by repository in the index's own dictionary: most have one
+        # entry (kept as is, no list); lists become tuples in match order.
+        groups: dict[str, Any] = index._by_name
+        for entry in index._entries.values():
+            name = entry.norm_name
+            if name is None:  # never allows anything
+                continue
+            present = groups.get(name)
+            if present is None:
+                groups[name] = entry
+            elif isinstance(present, list):
+                present.append(entry)
+            else:
+                groups[name] = [present, entry]
+        for name, found in groups.items():
+            if isinstance(found, list):
+                found.sort(key=_order, reverse=True)
+                members = groups[name] = tuple(found)  # same keys: no resize
+                if len(members) > SCAN_AT_MOST:
+                    for entry in members:
+                        index._index(entry)
+        return index
+
+
 class ReplicaIndex:
     """Entries by id, and by normalized repository name in match order
     (most recently updated first, then greatest id: the order the
@@ -145,27 +253,12 @@ class ReplicaIndex:
 
     __slots__ = ("_by_digest", "_by_name", "_by_tag", "_entries")
 
-    def __init__(self, entries: Iterable[ReplicaEntry] = ()) -> None:
+    def __init__(self) -> None:
+        """An empty index; IndexBuilder makes a filled one."""
         self._entries: dict[str, ReplicaEntry] = {}
         self._by_name: dict[str, _Found] = {}
         self._by_tag: dict[_Key, _Found] = {}
         self._by_digest: dict[_Key, _Found] = {}
-        groups: dict[str, list[ReplicaEntry]] = {}
-        by_id = self._entries
-        for entry in entries:
-            by_id[entry.id] = entry
-        for entry in by_id.values():
-            if entry.norm_name is not None:  # None: never allows anything
-                groups.setdefault(entry.norm_name, []).append(entry)
-        for name, members in groups.items():
-            if len(members) == 1:
-                self._by_name[name] = members[0]
-                continue
-            members.sort(key=_order, reverse=True)
-            self._by_name[name] = tuple(members)
-            if len(members) > SCAN_AT_MOST:
-                for entry in members:
-                    self._index(entry)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -346,29 +439,31 @@ class Replica:
         """Taken by a feed as a full load begins; hand it to `replace`."""
         return self._local_seq
 
-    def replace(
-        self, entries: Iterable[ReplicaEntry], seconds: float, proven_at: float, mark: int
-    ) -> None:
+    def replace(self, built: IndexBuilder, clock: LoadClock, proven_at: float, mark: int) -> None:
         """A full load: swap the whole index at once, then count it current
         as of `proven_at` (monotonic; taken before the load began). This
         instance's writes since `mark` are applied over the snapshot, so a
         response already sent is never contradicted by a load in flight."""
-        started = time.perf_counter()
-        index = ReplicaIndex(entries)
+        index = built.build()
         for seq, entry_id, entry in self._local:
             if seq > mark:
                 if entry is None:
                     index.remove(entry_id)
                 else:
                     index.put(entry)
-        seconds += time.perf_counter() - started
-        self.index = index
+        self.index = index  # the old one goes now, whole
+        release_free_memory()
         first = not self.loaded
         self.loaded = True
         self._count("reload", 1)
         log.info(
             "replica_loaded",
-            extra={"entries": len(index), "seconds": round(seconds, 3), "first": first},
+            extra={
+                "entries": len(index),
+                "seconds": round(clock.seconds(), 3),
+                "cpu_seconds": round(clock.cpu_seconds(), 3),
+                "first": first,
+            },
         )
         self.mark_current(proven_at)
 
@@ -444,13 +539,13 @@ class Replica:
 
     # -- decisions ----------------------------------------------------------------
 
-    async def match(self, refs: Sequence[Reference]) -> list[tuple[Entry, ...]]:
+    async def match(self, refs: Sequence[Reference]) -> Sequence[tuple[EntryView, ...]]:
         """`Storage.match`, answered from the replica where it may be."""
         with contextlib.suppress(StorageError):
             # Failing, it leaves the replica not current: see below.
             await self.feed.refresh()
         now = time.monotonic()
-        found: list[tuple[Entry, ...]] = [self.index.allowing(ref) for ref in refs]
+        found: list[tuple[EntryView, ...]] = [self.index.allowing(ref) for ref in refs]
         if self.current(now):
             if self.feed.exact or all(found):
                 return found
@@ -470,8 +565,8 @@ class Replica:
         return answer
 
     async def _confirm(
-        self, refs: Sequence[Reference], found: list[tuple[Entry, ...]]
-    ) -> list[tuple[Entry, ...]]:
+        self, refs: Sequence[Reference], found: list[tuple[EntryView, ...]]
+    ) -> list[tuple[EntryView, ...]]:
         missing = [i for i, allowing in enumerate(found) if not allowing]
         if time.monotonic() < self._unreachable_until:
             self._count("confirm_unavailable", 1)

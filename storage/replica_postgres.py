@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from typing import Any
@@ -32,7 +31,14 @@ from storage.base import Row
 from storage.errors import StorageUnavailable
 from storage.migrations import CHANGES_CHANNEL, RELOAD_CHANNEL
 from storage.postgres import PostgresStorage
-from storage.replica import Replica, ReplicaEntry, ReplicaFeed, replica_entry
+from storage.replica import (
+    IndexBuilder,
+    LoadClock,
+    Replica,
+    ReplicaEntry,
+    ReplicaFeed,
+    replica_entry,
+)
 
 log = logging.getLogger("imagelist.replica")
 
@@ -40,14 +46,25 @@ log = logging.getLogger("imagelist.replica")
 HEARTBEAT = 0.5
 #: Reconnect backoff, seconds: first and largest wait.
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
-#: Rows per FETCH during a full load (bounds the load's transient memory).
-LOAD_PAGE = 5000
+#: Rows per FETCH during a full load: the driver holds one page of rows at
+#: a time (their garbage, freed between pages, is what a load adds to the
+#: process's memory beyond the replica itself), and the IOLoop runs other
+#: work between pages.
+LOAD_PAGE = 2000
 #: More announced ids than this in one batch: reload in full instead.
 RELOAD_ABOVE = 5000
 
 #: How the feed's connection shows in pg_stat_activity.
 APPLICATION_NAME = "imagelist-replica"
-ROW_COLUMNS = "id, name, tags, created_at, updated_at, norm_name, digest"
+#: What the replica keeps of a row (storage.replica.ReplicaEntry), the
+#: timestamps as integer microseconds: no datetime objects per row to make
+#: and throw away.
+ROW_COLUMNS = (
+    "id, name, tags,"
+    " (extract(epoch FROM created_at) * 1000000)::int8,"
+    " (extract(epoch FROM updated_at) * 1000000)::int8,"
+    " norm_name, digest"
+)
 LISTEN_SQL = f"LISTEN {CHANGES_CHANNEL}; LISTEN {RELOAD_CHANNEL}"
 LOAD_BEGIN_SQL = (
     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
@@ -68,16 +85,7 @@ _LOST: tuple[type[BaseException], ...] = (
 
 def _entry(raw: Row, shared: dict[str, str] | None = None) -> ReplicaEntry:
     """A replica entry from a row of ROW_COLUMNS."""
-    return replica_entry(
-        raw[0],
-        raw[1],
-        tuple(raw[2] or ()),
-        raw[3].astimezone(dt.UTC),
-        raw[4].astimezone(dt.UTC),
-        raw[5],
-        raw[6],
-        shared,
-    )
+    return replica_entry(raw[0], raw[1], raw[2] or (), raw[3], raw[4], raw[5], raw[6], shared)
 
 
 class PostgresFeed(ReplicaFeed):
@@ -219,27 +227,35 @@ class PostgresFeed(ReplicaFeed):
             replica.apply(entry_id, found.get(entry_id))
 
     async def _load(self, cur: Any, replica: Replica) -> None:
-        """Every row, from one snapshot taken after LISTEN, swapped in whole."""
+        """Every row, from one snapshot taken after LISTEN, swapped in whole.
+
+        A server-side cursor in one REPEATABLE READ transaction: every page
+        comes from the same snapshot (pages by key in separate statements
+        would need that transaction anyway) and the server reads the table
+        once, in its own order, without sorting it."""
+        clock = LoadClock()
         proven_at = time.monotonic()
         mark = replica.load_mark()
         self._reload_wanted = False
-        entries: list[ReplicaEntry] = []
-        shared: dict[str, str] = {}
+        builder = IndexBuilder()
+        shared = builder.shared
         await cur.execute(LOAD_BEGIN_SQL)
         try:
             while True:
                 await cur.execute(LOAD_FETCH_SQL)
                 page = await cur.fetchall()
-                entries.extend([_entry(raw, shared) for raw in page])
+                for raw in page:
+                    builder.add(_entry(raw, shared))
                 if len(page) < LOAD_PAGE:
                     break
+                del page  # before the next page arrives, not after
             await cur.execute(LOAD_END_SQL)
         except BaseException:
             with contextlib.suppress(Exception):
                 if not cur.connection.closed:
                     await cur.execute("ROLLBACK")
             raise
-        replica.replace(entries, time.monotonic() - proven_at, proven_at, mark)
+        replica.replace(builder, clock, proven_at, mark)
 
 
 def _describe(exc: BaseException) -> str:

@@ -18,8 +18,14 @@ from dataclasses import dataclass
 
 from storage.base import Row
 from storage.errors import StorageError
-from storage.model import from_micros
-from storage.replica import Replica, ReplicaEntry, ReplicaFeed, replica_entry
+from storage.replica import (
+    IndexBuilder,
+    LoadClock,
+    Replica,
+    ReplicaEntry,
+    ReplicaFeed,
+    replica_entry,
+)
 from storage.sqlite import SqliteStorage
 
 ROW_COLUMNS = "id, name, tags, created_at, updated_at, norm_name, digest"
@@ -30,25 +36,19 @@ FETCH_ID_SQL = f"SELECT {ROW_COLUMNS} FROM images WHERE id = ?"
 
 def _entry(raw: Row, shared: dict[str, str] | None = None) -> ReplicaEntry:
     """A replica entry from a row of ROW_COLUMNS."""
-    return replica_entry(
-        raw[0],
-        raw[1],
-        tuple(json.loads(raw[2])),
-        from_micros(raw[3]),
-        from_micros(raw[4]),
-        raw[5],
-        raw[6],
-        shared,
-    )
+    return replica_entry(raw[0], raw[1], json.loads(raw[2]), raw[3], raw[4], raw[5], raw[6], shared)
+
+
+#: Rows read at a time during a full load (its transient memory).
+LOAD_PAGE = 2000
 
 
 @dataclass(frozen=True, slots=True)
 class _Changes:
     #: Every row, when another connection committed since the last check.
-    rows: list[Row] | None
+    rows: IndexBuilder | None
     #: The rows asked for by id (absent: deleted).
     fetched: dict[str, Row | None]
-    seconds: float
 
 
 class SqliteFeed(ReplicaFeed):
@@ -79,6 +79,7 @@ class SqliteFeed(ReplicaFeed):
         if replica is None:
             return
         ids, self._pending = self._pending, set()
+        clock = LoadClock()
         proven_at = time.monotonic()
         mark = replica.load_mark()
         try:
@@ -88,23 +89,32 @@ class SqliteFeed(ReplicaFeed):
             replica.mark_unsynced("SQLite store unreadable")
             raise
         if changes.rows is not None:
-            shared: dict[str, str] = {}
-            entries = [_entry(raw, shared) for raw in changes.rows]
-            replica.replace(entries, changes.seconds, proven_at, mark)
+            replica.replace(changes.rows, clock, proven_at, mark)
         for entry_id, raw in changes.fetched.items():
             replica.apply(entry_id, None if raw is None else _entry(raw))
         replica.following = True
         replica.mark_current(proven_at)
 
     def _changes(self, conn: sqlite3.Connection, ids: Collection[str]) -> _Changes:
-        started = time.perf_counter()
         (version,) = conn.execute(VERSION_SQL).fetchone()
         rows = None
         if version != self._version:
             # Read after the version: a commit in between is in the rows
             # too, and moves the version again, so it is reloaded twice at
             # worst and never missed.
-            rows = conn.execute(LOAD_SQL).fetchall()
+            rows = _load(conn)
             self._version = version
         fetched = {i: conn.execute(FETCH_ID_SQL, (i,)).fetchone() for i in ids}
-        return _Changes(rows, fetched, time.perf_counter() - started)
+        return _Changes(rows, fetched)
+
+
+def _load(conn: sqlite3.Connection) -> IndexBuilder:
+    """Every row into a new index's builder, a page at a time, on the
+    store's thread (one statement: one snapshot)."""
+    builder = IndexBuilder()
+    shared = builder.shared
+    cursor = conn.execute(LOAD_SQL)
+    while page := cursor.fetchmany(LOAD_PAGE):
+        for raw in page:
+            builder.add(_entry(raw, shared))
+    return builder

@@ -55,3 +55,27 @@ def test_smoke_run_prints_the_whole_table() -> None:
     assert "replica: first full load of 100 entries" in out
     outage = next(line for line in out.splitlines() if "PostgreSQL stopped" in line)
     assert outage.split("|")[7].strip() == "0", outage  # every review answered
+
+
+def test_only_replica_reports_the_load_and_its_memory() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--images", "500", "--only", "replica"],
+        capture_output=True,
+        text=True,
+        timeout=300,  # bounds a hang; the run takes a few seconds
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and line.count("|") >= 3
+    }
+    assert facts["seeded (PostgreSQL)"].startswith("500 images")
+    assert facts["replica: first full load of 500 entries"].endswith(" s")
+    # The daemon logged the load's CPU time, so it is a number, not "n/a".
+    cpu = facts["replica: CPU seconds of that load, 500 entries"]
+    assert float(cpu.removesuffix(" s")) >= 0, cpu
+    assert facts["replica: RSS over an empty list's daemon, 500 entries"].endswith(" MB")
+    assert len(facts["load average (1, 5, 15 min) after the load"].split(" / ")) == 3
+    assert "| scenario |" not in done.stdout  # no request rows in this mode

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from storage.model import NewEntry
 from storage.reference import parse_reference
+from storage.replica import SCAN_AT_MOST, IndexBuilder, ReplicaIndex, replica_entry
 
 from helpers import eventually
 
@@ -168,3 +171,61 @@ def test_replica_max_age_option() -> None:
     assert config.replica_max_age == 30
     with pytest.raises(ConfigError, match="--replica-max-age"):
         load_config(["--replica-max-age", "-1"], env={})
+
+
+# -- the index a full load builds ----------------------------------------------
+
+BUILT = st.lists(
+    st.tuples(
+        st.integers(0, 40),  # id
+        st.sampled_from(["nginx", "docker.io/library/nginx", "quay.io/x/app", "Not A Repo"]),
+        st.lists(st.sampled_from(["1", "2", "latest"]), max_size=3, unique=True),
+        st.integers(0, 5),  # updated_at: ties are common, then the id decides
+    ),
+    max_size=3 * SCAN_AT_MOST,  # past the size where a repository is indexed
+)
+#: Two ids that are digests (the others are short ids, which are none).
+BUILT_IDS = {0: f"sha256:{H1}", 1: f"quay.io/x/app@sha256:{H2}"}
+BUILT_REFERENCES = [
+    parse_reference(r)
+    for r in (
+        "nginx:1",
+        "nginx:latest",
+        "quay.io/x/app:2",
+        f"nginx@sha256:{H1}",
+        f"quay.io/x/app@sha256:{H2}",
+    )
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=BUILT)
+def test_a_built_index_answers_as_one_grown_entry_by_entry(rows) -> None:
+    """A full load builds its index off to the side in one go; it must hold
+    what the same rows put one by one into a live index hold."""
+    built, grown = IndexBuilder(), ReplicaIndex()
+    for n, name, tags, at in rows:
+        entry = replica_entry(
+            BUILT_IDS.get(n, f"e{n}"), name, tags, at, at, None, None, built.shared
+        )
+        built.add(entry)
+        grown.put(entry)
+    index = built.build()
+    assert {e.id for e in index.entries()} == {e.id for e in grown.entries()}
+    for ref in BUILT_REFERENCES:
+        assert [e.id for e in index.allowing(ref)] == [e.id for e in grown.allowing(ref)], ref
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.gen_test(timeout=30)
+async def test_a_full_load_logs_its_wall_and_cpu_seconds(
+    caplog, api, ctx, database_url: str
+) -> None:
+    path = Path(database_url.removeprefix("sqlite:///"))
+    await api.get("/allowed?image=quay.io/o/app:1")  # loaded, and checked once
+    caplog.set_level("INFO", logger="imagelist.replica")
+    await write_from_another_process(path, "insert")  # the next decision reloads
+    assert (await api.get("/allowed?image=quay.io/o/app:1")).json["allowed"] is True
+    (loaded,) = [r for r in caplog.records if r.msg == "replica_loaded"]
+    assert loaded.entries == 1 and loaded.first is False
+    assert loaded.cpu_seconds >= 0 and 0 <= loaded.seconds < 30

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from storage import Replica, create_replica, create_storage
 from storage.model import NewEntry
 from storage.postgres import PostgresStorage
-from storage.reference import parse_reference
+from storage.reference import parse_reference, reference_keys
 from storage.replica_postgres import APPLICATION_NAME
 
 from pgcluster import create_database
@@ -154,7 +154,9 @@ async def _random_writes(url: str, ops: list) -> None:
             cur.execute("DELETE FROM images")
         replicas = {"a": a, "b": b}
         for actor, op, n, tags in ops:
-            entry_id, name = f"id{n}", f"quay.io/p/app{n % 3}"
+            # Odd n: an id that is a digest (a rename by SQL makes it none).
+            entry_id = f"sha256:{n:064x}" if n % 2 else f"id{n}"
+            name = f"quay.io/p/app{n % 3}"
             if actor == "sql":
                 with conn.cursor() as cur:
                     if op == "delete":
@@ -180,6 +182,11 @@ async def _random_writes(url: str, ops: list) -> None:
         expected = table(url)
         assert held(a) == expected
         assert held(b) == expected
+        # Each entry is indexed by the keys its name and id have, whoever
+        # wrote it (SQL writes leave them to the replica and the sweep).
+        for replica in (a, b):
+            for e in replica.index.entries():
+                assert (e.norm_name, e.digest) == reference_keys(e.name, e.id), e
         # ...and they decide as the table does.
         for replica in (a, b):
             for n in range(8):

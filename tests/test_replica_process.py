@@ -20,6 +20,12 @@ from daemon import Daemon
 from pgcluster import PgCluster, create_database
 
 DB_OPTIONS = ("--db-timeout", "1", "--db-connect-timeout", "1")
+#: After a failed connection attempt, seconds the store answers 503 at once
+#: instead of trying again (PostgresStorage's retry_interval).
+RETRY_HOLD = 1.0
+#: Seconds within which the REST API answers again once the database is
+#: back: the hold, then one connection attempt and one query (DB_OPTIONS).
+REST_BACK = RETRY_HOLD + 1 + 1
 
 
 def allowed(daemon: Daemon, image: str) -> bool:
@@ -226,9 +232,15 @@ def test_frozen_database_admission_keeps_answering(listed: Daemon, pg_cluster: P
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    # The REST API is back within its bound, not at once: after a failed
+    # connection attempt it answers 503 (Retry-After: 1) without trying
+    # again for RETRY_HOLD, then one attempt connects and one query runs.
+    # The replica's own connection may come back sooner.
+    wait_until(lambda: daemon.request("GET", "/images/n")[0] == 200, "REST back", REST_BACK)
+    assert time.monotonic() - resumed < REST_BACK
     wait_current(daemon)
     assert_decided(daemon)
-    assert daemon.request("GET", "/images/n")[0] == 200
 
 
 def test_restarted_during_an_outage_answers_503_until_the_database_returns(
