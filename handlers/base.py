@@ -17,9 +17,9 @@ from tornado.httputil import HTTPServerRequest
 
 from config.logging import event_writer
 from handlers.context import AppContext
-from handlers.errors import ApiError, map_exception
+from handlers.errors import CHALLENGE, ApiError, map_exception
 from handlers.paging import ascii_digits
-from storage.errors import OutOfScope
+from storage.errors import OutOfScope, Revoked
 from storage.model import ANONYMOUS, Writer
 
 log = structlog.get_logger("imagelist.http")
@@ -30,7 +30,6 @@ auth_log = structlog.get_logger("imagelist.auth")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _HANDLER_METHODS = ("get", "head", "post", "delete", "patch", "put", "options")
 _BEARER = re.compile(r"^Bearer +([^\s]+) *$", re.IGNORECASE)
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="imagelist"'}
 CLIENT_CLOSED_REQUEST = 499
 
 
@@ -57,6 +56,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.started = time.perf_counter()
         self.token_name = None
         self.may_write = None
+        self._presented = b""
         self.ctx.inflight += 1
         self.ctx.metrics.inflight.inc()
         self._counted = True
@@ -224,6 +224,10 @@ class BaseHandler(tornado.web.RequestHandler):
                 route=self.route,
             )
             self.ctx.metrics.token_forbidden_writes.labels(value.actor).inc()
+        elif isinstance(value, Revoked):
+            auth_log.warning(
+                "auth_rejected", request_id=self.request_id, reason="revoked", token=value.actor
+            )
         answer = self.answer_for(value)
         if answer is not None and answer.expected:
             if answer.status >= 500:
@@ -251,16 +255,17 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ApiError(
                 401,
                 "authorization required: send Authorization: Bearer <token>",
-                headers=_CHALLENGE,
+                headers=CHALLENGE,
             )
         match = _BEARER.match(header)
         if match is None:
             auth_log.warning("auth_rejected", request_id=self.request_id, reason="malformed")
             raise ApiError(
-                401, "malformed Authorization header; expected Bearer <token>", headers=_CHALLENGE
+                401, "malformed Authorization header; expected Bearer <token>", headers=CHALLENGE
             )
         # Tornado decodes header bytes as latin-1: this gets the sent bytes back.
-        verdict = tokens.check(match.group(1).encode("latin-1"))
+        self._presented = match.group(1).encode("latin-1")
+        verdict = tokens.check(self._presented)
         if not verdict.ok:
             auth_log.warning(
                 "auth_rejected",
@@ -268,7 +273,7 @@ class BaseHandler(tornado.web.RequestHandler):
                 reason=verdict.reason,
                 token=verdict.name,
             )
-            raise ApiError(401, "invalid or disabled token", headers=_CHALLENGE)
+            raise ApiError(401, "invalid or disabled token", headers=CHALLENGE)
         self.token_name = verdict.name
         self.may_write = None if verdict.scope is None else verdict.scope.allows
 
@@ -286,6 +291,21 @@ class BaseHandler(tornado.web.RequestHandler):
             actor=self.token_name or ANONYMOUS.actor,
             request_id=self.request_id,
             may_write=self.may_write,
+            current=None if self.ctx.tokens is None else self._current_writer,
+        )
+
+    def _current_writer(self) -> Writer | None:
+        """This request's writer as the token set in force now sees it (None:
+        its token no longer writes). Storage calls it once it holds the
+        write's transaction, possibly on its worker thread: it only reads."""
+        tokens = self.ctx.tokens
+        verdict = tokens.check(self._presented) if tokens is not None else None
+        if verdict is None or not verdict.ok or verdict.name is None:
+            return None
+        return Writer(
+            actor=verdict.name,
+            request_id=self.request_id,
+            may_write=None if verdict.scope is None else verdict.scope.allows,
         )
 
     # -- request bodies ------------------------------------------------------

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from storage.errors import Invalid, NotFound, OutOfScope, StorageError, StorageUnavailable
+from storage.errors import (
+    Invalid,
+    NotFound,
+    OutOfScope,
+    Revoked,
+    StorageError,
+    StorageUnavailable,
+)
 
 
 class ApiError(Exception):
@@ -28,6 +35,8 @@ class ApiError(Exception):
 
 
 _RETRY = {"Retry-After": "1"}
+#: What a 401 asks for.
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="imagelist"'}
 
 
 def map_exception(exc: BaseException | None) -> ApiError | None:
@@ -37,6 +46,8 @@ def map_exception(exc: BaseException | None) -> ApiError | None:
         return exc
     if isinstance(exc, NotFound):
         return ApiError(404, "image not found", {"id": str(exc)})
+    if isinstance(exc, Revoked):  # the same answer as a token refused at once
+        return ApiError(401, "invalid or disabled token", headers=CHALLENGE)
     if isinstance(exc, OutOfScope):
         return ApiError(
             403,

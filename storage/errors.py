@@ -33,6 +33,15 @@ class StorageMisconfigured(StorageUnavailable):
     role, database name): fatal at start-up, an outage afterwards."""
 
 
+class Revoked(StorageError):
+    """The writer's token was revoked or disabled after its request was
+    authorized and before its write began; nothing was written."""
+
+    def __init__(self, actor: str) -> None:
+        super().__init__(f"token {actor!r} no longer writes")
+        self.actor = actor
+
+
 class OutOfScope(StorageError):
     """The writer may not write an entry of this name (a scoped token);
     nothing was written."""

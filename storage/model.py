@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from storage.errors import Revoked
+
 # The API's sort keys mapped to the column they order by. Everything that
 # builds SQL looks the key up here, so only these names ever reach a query.
 SORT_KEYS: tuple[str, ...] = ("updated_at", "created_at", "name", "id")
@@ -32,9 +34,24 @@ class Writer:
     #: Whether this writer may write an entry of that name (checked against
     #: the stored name inside the write's transaction); None: any entry.
     may_write: Callable[[str], bool] | None = None
+    #: This writer as the token set in force now sees it, None when its token
+    #: no longer writes; storage asks once it holds the write's transaction
+    #: (after any wait for a connection), so a revocation or a narrowed scope
+    #: that came during the wait applies. None: nothing to ask.
+    current: Callable[[], Writer | None] | None = None
 
     def allows(self, name: str) -> bool:
         return self.may_write is None or self.may_write(name)
+
+    def now(self) -> Writer:
+        """The writer to check and record; raises Revoked if its token no
+        longer writes."""
+        if self.current is None:
+            return self
+        fresh = self.current()
+        if fresh is None:
+            raise Revoked(self.actor)
+        return fresh
 
 
 #: A write made by imagelist itself or a test, with no token behind it.

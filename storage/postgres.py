@@ -592,17 +592,17 @@ class PostgresStorage(Storage):
 
         await self._run(op)
 
-    async def _write(self, writer: Writer, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run `op(cursor)` in one transaction. OutOfScope rolls it back; any
+    async def _write(self, writer: Writer, op: Callable[[Any, Writer], Awaitable[T]]) -> T:
+        """Run `op(cursor, writer)` in one transaction, `writer` as its token
+        stands once the connection is held. OutOfScope rolls it back; any
         other failure leaves the connection mid-transaction, and the pool
         closes such a connection rather than reuse it."""
 
         async def transaction(cur: Any) -> T:
-            await cur.execute(
-                WRITER_SQL, {"actor": writer.actor, "request_id": writer.request_id or ""}
-            )
+            w = writer.now()
+            await cur.execute(WRITER_SQL, {"actor": w.actor, "request_id": w.request_id or ""})
             try:
-                result = await op(cur)
+                result = await op(cur, w)
             except OutOfScope:
                 await cur.execute("ROLLBACK")
                 raise
@@ -614,7 +614,7 @@ class PostgresStorage(Storage):
     async def _upsert(self, new: NewEntry, writer: Writer) -> tuple[Row, bool]:
         params = {**write_params(new), "tags": None if new.tags is None else list(new.tags)}
 
-        async def upsert(cur: Any) -> tuple[Row, bool]:
+        async def upsert(cur: Any, writer: Writer) -> tuple[Row, bool]:
             if writer.may_write is not None:
                 await cur.execute(GUARD_SQL, params)
                 stored = await cur.fetchone()
@@ -646,7 +646,7 @@ class PostgresStorage(Storage):
     async def _delete(self, entry_id: str, writer: Writer) -> bool:
         params = {"id": entry_id}
 
-        async def delete(cur: Any) -> bool:
+        async def delete(cur: Any, writer: Writer) -> bool:
             if writer.may_write is not None:
                 await cur.execute(GUARD_SQL, params)
                 stored = await cur.fetchone()

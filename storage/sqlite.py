@@ -292,7 +292,7 @@ class SqliteStorage(Storage):
             },
         )
 
-    async def _upsert(self, new: NewEntry, writer: Writer) -> tuple[Row, bool]:
+    async def _upsert(self, new: NewEntry, given: Writer) -> tuple[Row, bool]:
         params = {
             **write_params(new),
             "tags": None if new.tags is None else json.dumps(list(new.tags), ensure_ascii=False),
@@ -300,6 +300,7 @@ class SqliteStorage(Storage):
         }
 
         def upsert(c: sqlite3.Connection) -> tuple[Row, bool]:
+            writer = given.now()  # in the write lock: after any wait for it
             if writer.may_write is not None:
                 self._guard(c, new.id, new.name, writer)
             stored = c.execute(BEFORE_SQL, {"id": new.id}).fetchone()
@@ -317,8 +318,9 @@ class SqliteStorage(Storage):
 
         return await self._write(upsert)
 
-    async def _delete(self, entry_id: str, writer: Writer) -> bool:
+    async def _delete(self, entry_id: str, given: Writer) -> bool:
         def delete(c: sqlite3.Connection) -> bool:
+            writer = given.now()  # in the write lock: after any wait for it
             if writer.may_write is not None and not self._guard(c, entry_id, None, writer):
                 return False
             deleted = c.execute(DELETE_SQL, {"id": entry_id}).fetchone()

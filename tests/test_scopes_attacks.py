@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import orjson
+import psycopg2
 import pytest
 import structlog
 from tokenfiles import bearer, entry, tokens_yaml, write_in_place
@@ -275,3 +278,82 @@ def test_a_token_pasted_among_the_scopes_is_not_echoed(which: str) -> None:
     message = str(caught.value)
     assert "entry 1 ('team-a'): 'scopes': pattern 2 is a token of this file" in message
     assert "Sc0pe-Secret" not in message
+
+
+# -- a token changed while its write waits for the database ------------------------------
+
+
+class Blocker:
+    """Another writer holding the database so that imagelist's next write
+    waits for it: SQLite's write lock, or PostgreSQL's only pooled
+    connection (a read queued behind an exclusive table lock holds it)."""
+
+    def __init__(self, database_url: str) -> None:
+        if database_url.startswith("sqlite:///"):
+            self.conn: Any = sqlite3.connect(
+                database_url.removeprefix("sqlite:///"), isolation_level=None
+            )
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            self.conn = psycopg2.connect(database_url)
+            self.conn.cursor().execute("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.conn.rollback() if hasattr(self.conn, "autocommit") else self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [({"scopes": SCOPED, "is_disabled": True}, 401), ({"scopes": ["quay.io/team-c/*"]}, 403)],
+    ids=["revoked", "narrowed"],
+)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_token_change_applies_to_a_write_waiting_for_the_database(
+    database_url: str, tokens_path: Path, change: dict[str, object], status: int
+) -> None:
+    """Requests authorized, then held before their transaction (the pool or
+    the write lock busy) while the token is revoked or narrowed: when they
+    get the database they are judged by the token set in force then, and
+    write nothing. Otherwise a flood of slow reads would keep a revoked
+    token writing for as long as a write may wait (--db-timeout)."""
+    http = AsyncHTTPClient(force_instance=True)
+    options = ("--tokens-file", str(tokens_path), "--db-pool-size", "1", "--db-timeout", "20")
+    async with running_app(database_url, *options) as running:
+        api = Client(http, running.url)
+        mine = {"id": "mine", "name": "quay.io/team-a/app", "tags": ["v1"]}
+        assert (await api.put(mine, headers=bearer(TEAM_A))).status == 200
+        before = await table(api)
+
+        blocker = Blocker(database_url)
+        try:
+            held = [
+                asyncio.ensure_future(api.get("/images/mine")),  # PostgreSQL: takes the pool
+                asyncio.ensure_future(
+                    api.put({**mine, "id": "late", "tags": ["v2"]}, headers=bearer(TEAM_A))
+                ),
+                asyncio.ensure_future(api.delete("/images/mine", headers=bearer(TEAM_A))),
+            ]
+
+            async def inflight() -> int:
+                return running.ctx.inflight
+
+            # SQLite's reads do not wait for its write lock: only the writes are held.
+            await eventually(inflight, 2 if database_url.startswith("sqlite") else 3)
+            await asyncio.sleep(0.3)  # past their token check, waiting for the database
+            write_in_place(tokens_path, tokens(change))
+
+            async def verdict() -> tuple[bool, object]:
+                assert running.ctx.tokens is not None
+                seen = running.ctx.tokens.check(TEAM_A.encode())
+                return seen.ok, seen.scope is not None and seen.scope.allows(mine["name"])
+
+            await eventually(verdict, (False, False) if status == 401 else (True, False))
+        finally:
+            blocker.release()
+        got, put, delete = await asyncio.gather(*held)
+        assert got.status == 200
+        assert (put.status, delete.status) == (status, status), (put.body, delete.body)
+        assert TEAM_A not in put.body.decode() + delete.body.decode()
+        assert await table(api) == before
+    http.close()
