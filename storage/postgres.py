@@ -176,6 +176,8 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 
+# Of those, the ones a second attempt on a fresh connection cannot help.
+_NOT_RETRIED = (psycopg2.errors.ReadOnlySqlTransaction, asyncio.TimeoutError)
 
 # Server answers that no amount of waiting heals: wrong credentials, an
 # unknown role or database, an sslmode the server cannot meet. Refused
@@ -513,7 +515,9 @@ class PostgresStorage(Storage):
     async def _run_on_pool(self, op: Callable[[Any], Awaitable[T]]) -> T:
         """Run `op(cursor)`; when its connection died (a restart,
         pg_terminate_backend), drop it and retry once on a fresh one: every
-        operation here is idempotent."""
+        operation here is idempotent. A query that timed out is not retried:
+        the server did not answer within --db-timeout, and asking again
+        (a frozen server accepts connections) would only double the wait."""
         for attempt in (1, 2):
             pool = await self._get_pool()
             try:
@@ -530,7 +534,7 @@ class PostgresStorage(Storage):
                     result = await op(cur)
             except _CONNECTION_ERRORS as exc:
                 pool.release(conn, discard=True)
-                if attempt == 2 or isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
+                if attempt == 2 or isinstance(exc, _NOT_RETRIED):
                     await self._lost(pool, exc)
             except psycopg2.DataError as exc:
                 pool.release(conn)

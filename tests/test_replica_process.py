@@ -20,6 +20,9 @@ from daemon import Daemon
 from pgcluster import PgCluster, create_database
 
 DB_OPTIONS = ("--db-timeout", "1", "--db-connect-timeout", "1")
+#: A bound on a REST 503 while the database hangs: one query or connect
+#: timeout (1 s) and slack for a loaded machine.
+REST_503_WITHIN = 2.5
 #: After a failed connection attempt, seconds the store answers 503 at once
 #: instead of trying again (PostgresStorage's retry_interval).
 RETRY_HOLD = 1.0
@@ -175,8 +178,13 @@ def assert_rest_503(daemon: Daemon) -> None:
         ("DELETE", "/images/n", None),
         ("GET", "/health/ping", None),
     ):
+        started = time.monotonic()
         status, reply, _ = daemon.request(method, path, body)
         assert status == 503, (method, path, reply)
+        # A hung server costs one query timeout, or one connect timeout
+        # (1 s each here), not a retry on top: the client's own timeout
+        # must not be what ends the request.
+        assert time.monotonic() - started < REST_503_WITHIN, (method, path)
 
 
 @pytest.fixture
