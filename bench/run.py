@@ -320,7 +320,21 @@ def loadavg() -> str:
 def run_replica(s: Settings, workdir: Path, report: Report) -> None:
     """Only the replica's memory and first load, on a throwaway PostgreSQL:
     the daemon starts before the replica fills, as in production."""
-    print(f"replica: a throwaway cluster, {s.images:,} images", file=sys.stderr)
+    with seeded_cluster(s, report, "replica") as (cluster, db):
+        report.fact("load average (1, 5, 15 min) before", loadavg())
+        empty_rss = empty_daemon_rss(workdir, cluster)
+        report.fact("daemon RSS, empty list, replica current", f"{empty_rss / MB:.1f} MB")
+        daemon = procs.daemon("imagelist-pg", workdir, free_port(), db)
+        with running(daemon):
+            report.fact("start-up to ready (PostgreSQL)", f"{daemon.ready_seconds * 1000:.0f} ms")
+            replica_facts(s, report, daemon, empty_rss)
+
+
+@contextlib.contextmanager
+def seeded_cluster(s: Settings, report: Report, what: str) -> Iterator[tuple[PgCluster, str]]:
+    """A throwaway PostgreSQL cluster holding `s.images` seeded images, and
+    the URL of their database; destroyed afterwards."""
+    print(f"{what}: a throwaway cluster, {s.images:,} images", file=sys.stderr)
     cluster = PgCluster().init()
     cluster.start()
     try:
@@ -331,13 +345,7 @@ def run_replica(s: Settings, workdir: Path, report: Report) -> None:
         report.fact(
             "seeded (PostgreSQL)", f"{s.images:,} images in {time.perf_counter() - started:.1f} s"
         )
-        report.fact("load average (1, 5, 15 min) before", loadavg())
-        empty_rss = empty_daemon_rss(workdir, cluster)
-        report.fact("daemon RSS, empty list, replica current", f"{empty_rss / MB:.1f} MB")
-        daemon = procs.daemon("imagelist-pg", workdir, free_port(), db)
-        with running(daemon):
-            report.fact("start-up to ready (PostgreSQL)", f"{daemon.ready_seconds * 1000:.0f} ms")
-            replica_facts(s, report, daemon, empty_rss)
+        yield cluster, db
     finally:
         cluster.destroy()
 
@@ -377,18 +385,7 @@ def running(proc: procs.Proc) -> Iterator[procs.Proc]:
 
 
 def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Path]) -> None:
-    print(f"PostgreSQL: a throwaway cluster, {s.images:,} images", file=sys.stderr)
-    cluster = PgCluster().init()
-    cluster.start()
-    try:
-        cluster.wait_ready()
-        db = create_database(cluster.url(), "imagelist_bench")
-        started = time.perf_counter()
-        seed(db, s.images)
-        report.fact(
-            "seeded (PostgreSQL)", f"{s.images:,} images in {time.perf_counter() - started:.1f} s"
-        )
-
+    with seeded_cluster(s, report, "PostgreSQL") as (cluster, db):
         pg = pgbench(db, workdir, s.images, s.pool_size, s.seconds)
         report.add(Row("pgbench: SELECT by id (prepared)", "postgres", s.pool_size, pg))
         with running(procs.hello(workdir, free_port())) as hello:
@@ -493,8 +490,6 @@ def run_postgres(s: Settings, workdir: Path, report: Report, files: dict[str, Pa
         run_two_instances(s, workdir, report, files, db)
         run_revocations(s, workdir, report, files, db)
         run_outage(s, workdir, report, files, db, cluster)
-    finally:
-        cluster.destroy()
 
 
 def hello_port(proc: procs.Proc) -> int:

@@ -8,13 +8,18 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.ioloop import IOLoop
 
 from config import Config, load_config
 from imagelist import RunningApp, assemble
+
+from client import Client
 
 T = TypeVar("T")
 
@@ -40,6 +45,38 @@ async def running_app(database_url: str, *options: str) -> AsyncIterator[Running
     )
     async with assemble(config) as running:
         yield running
+
+
+#: Starts the app on first call: its client and the running app.
+Start = Callable[[], Awaitable[tuple[Client, RunningApp]]]
+
+
+@contextmanager
+def app_starter(
+    io_loop: IOLoop,
+    database_url: str,
+    *options: str,
+    seeds: tuple[dict[str, Any], ...] = (),
+    headers: dict[str, str] | None = None,
+) -> Iterator[Start]:
+    """For a fixture whose test starts the app itself (after preparing files
+    it reads): the app with `options`, holding `seeds` written with
+    `headers`; closed when the fixture ends."""
+    stack = AsyncExitStack()
+    http = AsyncHTTPClient(force_instance=True)
+
+    async def begin() -> tuple[Client, RunningApp]:
+        running = await stack.enter_async_context(running_app(database_url, *options))
+        api = Client(http, running.url)
+        for seed in seeds:
+            assert (await api.put(seed, headers=headers)).status == 200
+        return api, running
+
+    try:
+        yield begin
+    finally:
+        http.close()
+        io_loop.run_sync(stack.aclose)
 
 
 # -- waiting (bounded polling) -----------------------------------------------------

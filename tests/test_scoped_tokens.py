@@ -8,8 +8,7 @@ refusal is checked to have changed nothing, by reading the table back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,11 @@ import pytest
 import structlog
 import tornado.web
 from tokenfiles import bearer, entry, tokens_yaml, write_in_place
-from tornado.httpclient import AsyncHTTPClient
 
 from imagelist import RunningApp
 
 from client import Client, Reply
-from helpers import eventually, running_app
+from helpers import Start, app_starter, eventually
 
 ADMIN, TEAM_A, FROZEN = "admin-Sc0pe-Secret", "team-a-Sc0pe-Secret", "frozen-Sc0pe-Secret"
 SECRETS = (ADMIN, TEAM_A, FROZEN)
@@ -39,8 +37,6 @@ WRITE_METHODS = [
     m for m in tornado.web.RequestHandler.SUPPORTED_METHODS if m not in ("GET", "HEAD", "OPTIONS")
 ]
 
-Start = Callable[[], Awaitable[tuple[Client, RunningApp]]]
-
 
 @pytest.fixture
 def tokens_path(tmp_path: Path) -> Path:
@@ -54,21 +50,10 @@ def tokens_path(tmp_path: Path) -> Path:
 def start(database_url: str, tokens_path: Path, io_loop) -> Iterator[Start]:
     """The app as the daemon assembles it with `--tokens-file`, seeded with
     other teams' entries by the unscoped token."""
-    stack = AsyncExitStack()
-    http = AsyncHTTPClient(force_instance=True)
-
-    async def begin() -> tuple[Client, RunningApp]:
-        running = await stack.enter_async_context(
-            running_app(database_url, "--tokens-file", str(tokens_path))
-        )
-        api = Client(http, running.url)
-        for seed in (THEIRS, EVIL_PREFIX, ODD):
-            assert (await api.put(seed, headers=bearer(ADMIN))).status == 200
-        return api, running
-
-    yield begin
-    http.close()
-    io_loop.run_sync(stack.aclose)
+    options = ("--tokens-file", str(tokens_path))
+    seeds = (THEIRS, EVIL_PREFIX, ODD)
+    with app_starter(io_loop, database_url, *options, seeds=seeds, headers=bearer(ADMIN)) as begin:
+        yield begin
 
 
 async def table(api: Client) -> list[dict[str, Any]]:

@@ -9,8 +9,7 @@ import asyncio
 import hashlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,13 @@ from tokenfiles import bearer, entry, tokens_yaml, write_in_place
 from tornado.httpclient import AsyncHTTPClient
 
 from config.tokens import TokenFileError, parse_tokens
-from imagelist import RunningApp
 
 from client import Client
-from helpers import eventually, running_app
+from helpers import Start, app_starter, eventually, running_app
 
 ADMIN, TEAM_A = "admin-Att4ck-Secret", "team-a-Att4ck-Secret"
 SCOPED = ["quay.io/team-a/*"]
 THEIRS = {"id": "theirs", "name": "quay.io/team-b/app", "tags": ["v1"]}
-
-Start = Callable[[], Awaitable[tuple[Client, RunningApp]]]
 
 
 def tokens(team_a: dict[str, object]) -> str:
@@ -50,20 +46,11 @@ def tokens_path(tmp_path: Path) -> Path:
 def start(database_url: str, tokens_path: Path, io_loop) -> Iterator[Start]:
     """The app as the daemon assembles it with `--tokens-file`, holding
     another team's entry written by the unscoped token."""
-    stack = AsyncExitStack()
-    http = AsyncHTTPClient(force_instance=True)
-
-    async def begin() -> tuple[Client, RunningApp]:
-        running = await stack.enter_async_context(
-            running_app(database_url, "--tokens-file", str(tokens_path))
-        )
-        api = Client(http, running.url)
-        assert (await api.put(THEIRS, headers=bearer(ADMIN))).status == 200
-        return api, running
-
-    yield begin
-    http.close()
-    io_loop.run_sync(stack.aclose)
+    options = ("--tokens-file", str(tokens_path))
+    with app_starter(
+        io_loop, database_url, *options, seeds=(THEIRS,), headers=bearer(ADMIN)
+    ) as begin:
+        yield begin
 
 
 async def table(api: Client) -> list[dict[str, object]]:
