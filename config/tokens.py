@@ -28,6 +28,7 @@ import yaml
 
 from config.metrics import Metrics
 from config.scopes import PatternError, Scope, parse_scope
+from storage.model import ANONYMOUS
 
 log = structlog.get_logger("imagelist.tokens")
 
@@ -161,6 +162,10 @@ def _entry(raw: Any, number: int, fail: Any, secrets: frozenset[bytes]) -> Token
         fail(f"entry {number}: missing key 'name'")
     if not isinstance(name, str) or not name.strip():
         fail(f"entry {number}: 'name' must be a non-empty string")
+    if name == ANONYMOUS.actor:
+        # The audit trail could not tell this token's writes from those
+        # made without authentication.
+        fail(f"entry {number}: the name {name!r} is reserved for writes without a token")
     label = f"entry {number} ({name!r})"
     unknown = sorted(str(k) for k in raw if k not in _ENTRY_KEYS)
     if unknown:

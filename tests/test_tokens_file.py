@@ -58,6 +58,8 @@ def test_the_readme_example_parses_and_its_hash_is_right() -> None:
         ("tokens: [just-a-string]\n", "entry 1: expected a mapping"),
         ("tokens: [{token: abc}]\n", "entry 1: missing key 'name'"),
         ("tokens: [{name: '', token: abc}]\n", "entry 1: 'name' must be a non-empty string"),
+        # The audit trail's actor for writes without a token.
+        ("tokens: [{name: anonymous, token: abc}]\n", "entry 1: the name 'anonymous' is reserved"),
         ("tokens: [{name: a}]\n", "entry 1 ('a'): needs exactly one of 'token' or 'token_sha256'"),
         (
             f"tokens: [{{name: a, token: x, token_sha256: {sha256_hex('x')}}}]\n",
