@@ -5,6 +5,7 @@
     python bench/run.py --images 100000  # the large-list case
     python bench/run.py --smoke          # seconds; checks the suite runs
     python bench/run.py --images 100000 --only replica  # the replica's memory and load
+    python bench/run.py --only decisions --rounds 5     # decisions vs /health/live, medians
 
 Starts its own PostgreSQL cluster (never the machine's), seeds it, starts the
 daemon, drives each endpoint with wrk and prints requests/s, p50 and p99 per
@@ -25,6 +26,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -208,6 +210,7 @@ class Settings:
     smoke: bool
     keep: bool
     only: str | None = None
+    rounds: int = 5
 
 
 def rps_p99(rps: float, p99: float) -> Target:
@@ -328,6 +331,53 @@ def run_replica(s: Settings, workdir: Path, report: Report) -> None:
         with running(daemon):
             report.fact("start-up to ready (PostgreSQL)", f"{daemon.ready_seconds * 1000:.0f} ms")
             replica_facts(s, report, daemon, empty_rss)
+
+
+#: The decision path and the floor it is held against, by request file.
+DECISION_ROWS = {
+    "live": "GET /health/live (no database)",
+    "allowed": "GET /allowed?image=",
+    "review": "POST AdmissionReview, 10 images",
+}
+
+
+def run_decision_rounds(s: Settings, workdir: Path, report: Report, files: dict[str, Path]) -> None:
+    """The decision path against the same daemon's /health/live, in
+    interleaved rounds (the order reversed every other round), reported as
+    medians: one run of each on a shared 2-core machine is too noisy for a
+    ratio. A p99 at `conns` connections cannot beat about 1.5 x conns / rate,
+    so each row's floor is given beside its p99."""
+    with seeded_cluster(s, report, "decisions") as (_, db):
+        port = free_port()
+        daemon = procs.daemon("imagelist-pg", workdir, port, db, "--db-pool-size", str(s.pool_size))
+        with running(daemon):
+            wait_current(hello_port_of(daemon))
+            warm_up(port, files, s)
+            results: dict[str, list[Result]] = {name: [] for name in DECISION_ROWS}
+            for r in range(s.rounds):
+                for name in list(DECISION_ROWS)[:: 1 if r % 2 == 0 else -1]:
+                    results[name].append(wrk(url(port), files[name], s.conns, s.seconds))
+            report.fact("load average (1, 5, 15 min) after the rounds", loadavg())
+    lives = results["live"]
+    targets: dict[str, tuple[float, float | None]] = {"allowed": (0.8, None), "review": (0.6, 25.0)}
+    for name, scenario in DECISION_ROWS.items():
+        rates = [r.rate for r in results[name]]
+        p99 = statistics.median(r.p99_ms for r in results[name])
+        rate = statistics.median(rates)
+        floor = 1.5 * s.conns / rate * 1000
+        value = f"{rate:,.0f}/s, p99 {p99:.1f} ms (floor {floor:.1f} ms)"
+        target = ""
+        if name in targets:
+            # Each round's ratio to that round's /health/live, then the median.
+            ratio = statistics.median(
+                x.rate / live.rate for x, live in zip(results[name], lives, strict=True)
+            )
+            least, p99_max = targets[name]
+            value += f", {ratio:.2f} x /health/live"
+            target = f">= {least} x /health/live: {met(ratio >= least)}"
+            if p99_max is not None:
+                target += f"; p99 < {p99_max:g} ms: {met(p99 < p99_max)}"
+        report.fact(f"{scenario}, median of {s.rounds} rounds", value, target)
 
 
 @contextlib.contextmanager
@@ -654,9 +704,11 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--keep", action="store_true", help="keep the work directory (daemon logs)")
     p.add_argument(
         "--only",
-        choices=["replica"],
-        help="replica: only the replica's first load (seconds, CPU seconds) and extra RSS",
+        choices=["replica", "decisions"],
+        help="replica: only the replica's first load (seconds, CPU seconds) and extra RSS; "
+        "decisions: /allowed and AdmissionReview against /health/live in interleaved rounds",
     )
+    p.add_argument("--rounds", type=int, default=5, help="rounds for --only decisions (default 5)")
     ns = p.parse_args(argv)
     if ns.smoke:
         ns.images, ns.seconds, ns.conns = 100, 1, 8
@@ -670,6 +722,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         smoke=ns.smoke,
         keep=ns.keep,
         only=ns.only,
+        rounds=ns.rounds,
     )
 
 
@@ -680,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if s.only == "replica":
             run_replica(s, workdir, report)
+        elif s.only == "decisions":
+            run_decision_rounds(s, workdir, report, request_files(workdir, s.images, 10_000))
         else:
             files = request_files(workdir, s.images, 10_000)
             run_postgres(s, workdir, report, files)

@@ -79,3 +79,28 @@ def test_only_replica_reports_the_load_and_its_memory() -> None:
     assert facts["replica: RSS over an empty list's daemon, 500 entries"].endswith(" MB")
     assert len(facts["load average (1, 5, 15 min) after the load"].split(" / ")) == 3
     assert "| scenario |" not in done.stdout  # no request rows in this mode
+
+
+DECISIONS = ("--only", "decisions", "--rounds", "2")
+
+
+def test_only_decisions_reports_medians_of_interleaved_rounds() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", *DECISIONS],
+        capture_output=True,
+        text=True,
+        timeout=300,  # bounds a hang; the run takes a few seconds
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    facts = {
+        line.split("|")[1].strip(): (line.split("|")[2].strip(), line.split("|")[3].strip())
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and line.count("|") >= 4
+    }
+    live, _ = facts["GET /health/live (no database), median of 2 rounds"]
+    assert "/s, p99 " in live and "(floor " in live, live
+    for scenario in ("GET /allowed?image=", "POST AdmissionReview, 10 images"):
+        value, target = facts[f"{scenario}, median of 2 rounds"]
+        assert value.endswith(" x /health/live"), value
+        assert target.startswith(">= 0."), target
