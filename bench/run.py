@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -44,6 +45,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from bench import procs  # noqa: E402
 from bench.load import Result, pgbench, write_requests, wrk  # noqa: E402
 from bench.seed import entry, seed  # noqa: E402
+from storage.migrations import RELOAD_CHANNEL  # noqa: E402
 
 from pgcluster import PgCluster, create_database, free_port  # noqa: E402
 
@@ -331,6 +333,44 @@ def run_replica(s: Settings, workdir: Path, report: Report) -> None:
         with running(daemon):
             report.fact("start-up to ready (PostgreSQL)", f"{daemon.ready_seconds * 1000:.0f} ms")
             replica_facts(s, report, daemon, empty_rss)
+            reload_facts(s, report, daemon, db, empty_rss)
+
+
+def reload_facts(s: Settings, report: Report, daemon: procs.Proc, db: str, empty_rss: int) -> None:
+    """A full reload of the running replica (as after a lost LISTEN
+    connection): the new index is built beside the old one and swapped in,
+    so the daemon's peak RSS (VmHWM) is what to provision for."""
+    port = hello_port_of(daemon)
+    before = replica_metric(port, "imagelist_replica_reloads_total") or 0
+    conn = psycopg2.connect(db)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"NOTIFY {RELOAD_CHANNEL}")
+    conn.close()
+    deadline = time.monotonic() + 120
+    while (replica_metric(port, "imagelist_replica_reloads_total") or 0) <= before:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the replica did not reload")
+        time.sleep(0.05)
+    peak = peak_rss(daemon)
+    report.fact(
+        f"replica: peak RSS over an empty list's daemon, first load and a full reload, "
+        f"{s.images:,} entries",
+        f"{(peak - empty_rss) / MB:.1f} MB",
+    )
+    report.fact(
+        f"replica: RSS over an empty list's daemon after the reload, {s.images:,} entries",
+        f"{(procs.rss(port) - empty_rss) / MB:.1f} MB",
+    )
+
+
+def peak_rss(daemon: procs.Proc) -> int:
+    """The process's peak resident memory since it started (VmHWM), bytes."""
+    assert daemon.proc is not None
+    for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/<pid>/status")
 
 
 #: The decision path and the floor it is held against, by request file.
