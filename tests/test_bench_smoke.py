@@ -77,6 +77,11 @@ def test_only_replica_reports_the_load_and_its_memory() -> None:
     cpu = facts["replica: CPU seconds of that load, 500 entries"]
     assert float(cpu.removesuffix(" s")) >= 0, cpu
     assert facts["replica: RSS over an empty list's daemon, 500 entries"].endswith(" MB")
+    # A full reload happened (the run waits for it) and its peak was read.
+    over = "replica: peak RSS over an empty list's daemon, first load and a full reload"
+    assert facts[f"{over}, 500 entries"].endswith(" MB")
+    after = "replica: RSS over an empty list's daemon after the reload, 500 entries"
+    assert facts[after].endswith(" MB")
     assert len(facts["load average (1, 5, 15 min) after the load"].split(" / ")) == 3
     assert "| scenario |" not in done.stdout  # no request rows in this mode
 
