@@ -83,6 +83,25 @@ async def test_sql_writes_are_recorded_under_their_role(api, ctx) -> None:
 
 
 @pytest.mark.gen_test
+async def test_an_id_changed_by_sql_is_the_old_one_deleted_and_the_new_one_created(
+    api, ctx
+) -> None:
+    await ctx.storage.put(NewEntry("old", "a/b", ("1",)), Writer(actor="ci"))
+    await asyncio.to_thread(
+        sql, ctx.config.database_url, "UPDATE images SET id = 'new', tags = '{2}' WHERE id = 'old'"
+    )
+    got = await ctx.storage.events(EventQuery())
+    assert [(e.action, e.image_id, e.actor, e.tags_before, e.tags_after) for e in got] == [
+        ("created", "old", "ci", None, ("1",)),
+        ("deleted", "old", "postgres", ("1",), None),
+        ("created", "new", "postgres", None, ("2",)),
+    ]
+    # Who follows the old id learns it is gone.
+    reply = await api.get("/events?image_id=old")
+    assert [e["action"] for e in reply.json] == ["created", "deleted"]
+
+
+@pytest.mark.gen_test
 async def test_a_truncate_is_a_deleted_event_per_entry(api, ctx) -> None:
     for entry_id in ("t2", "t1"):
         await ctx.storage.put(NewEntry(entry_id, "a/b", ("1",)), Writer(actor="ci"))

@@ -30,7 +30,7 @@ RELEASED = {
         "95ffbd48057b1fff72798bb293a6ad5763cb2bfe93c33afbbed00a960c75f574",
         "f8ad406244baa1d65b5b52c8f9f47a52650ee1d6eb3e922d8d7965e502d7b6a3",
         "6e7ca82b2e36fd948fa7a4772813a1bf8ec38b99ba5a5eed8dc5e4ba8edb16f3",
-        "5c4e852580e9f316c54a0de1e0b9b8fd92434b995dbba91bcc9d9e4b3e7bbe30",
+        "b1db3b6b8a4b0f132e1ce399c730e8b1ada2894b349fc4d19846c8bb975b787f",
     ],
     "sqlite": [
         "6586c257ab619afa73f818f36bb63176464b5ddcc36b0a7049424e6299f32a31",
