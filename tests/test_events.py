@@ -169,6 +169,9 @@ async def test_filters_paging_and_the_link_that_tails(api) -> None:
         "actor=" + "a" * 256,
         "image_id=" + "a" * 2705,
         "after=%C3%28",
+        # More digits than Python turns into an int (4,300): no 500.
+        "after=" + "0" * 5000 + "1",
+        "limit=" + "9" * 5000,
     ],
 )
 @pytest.mark.gen_test
