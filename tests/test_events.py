@@ -335,6 +335,11 @@ async def test_retention_prunes_old_events_in_batches(api, ctx) -> None:
     assert await prune_once(storage, 365) == 0
     assert len(await storage.events(EventQuery())) == 3
     assert await prune_once(storage, 29) == 1
+    # A retention reaching back before the calendar does (year 1): nothing
+    # is that old, and the prune must not die of it.
+    for days in (800_000, 10**12):
+        assert await prune_once(storage, days) == 0
+    assert len(await storage.events(EventQuery())) == 2
 
 
 def test_retention_option_and_environment() -> None:
@@ -349,10 +354,11 @@ def test_retention_option_and_environment() -> None:
             load_config(["--events-retention-days", bad], env={})
 
 
-@pytest.mark.parametrize(("days", "left"), [("1", 1), ("0", 3)])
+@pytest.mark.parametrize(("days", "left"), [("1", 1), ("0", 3), ("800000", 3)])
 def test_the_daemon_prunes_at_start(tmp_path: Path, days: str, left: int) -> None:
     """The real daemon, on a SQLite file holding two events from 400 days
-    ago: pruned at start unless the retention is 0."""
+    ago: pruned at start unless the retention is 0 (or reaches back before
+    year 1, when the daemon must still stop cleanly)."""
     from daemon import Daemon
 
     path = tmp_path / "imagelist.db"
@@ -376,3 +382,5 @@ def test_the_daemon_prunes_at_start(tmp_path: Path, days: str, left: int) -> Non
         assert len(body) == left
         _, metrics, _ = d.request("GET", "/metrics")
         assert f"imagelist_events_pruned_total {3 - left:.1f}" in metrics.decode()
+    assert d.stop() == 0, d.output
+    assert "uncaught_exception" not in "\n".join(d.output)
