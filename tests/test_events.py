@@ -190,6 +190,19 @@ async def test_largest_parameters_are_accepted(api) -> None:
     assert await events(api, "?image_id=" + "a" * 2704 + "&actor=" + "b" * 255) == []
 
 
+@pytest.mark.gen_test
+async def test_the_longest_token_name_is_an_actor_that_can_be_asked_for(api, ctx) -> None:
+    from config.tokens import parse_tokens
+
+    name = "équipe-" + "é" * 248  # the longest a tokens file takes
+    [token] = parse_tokens(f"tokens: [{{name: '{name}', token: abc}}]\n".encode(), "t")
+    await ctx.storage.put(NewEntry("long", "a/b"), Writer(actor=token.name))
+    [event] = await events(api, "?actor=" + urllib.parse.quote(name))
+    assert event["actor"] == name
+    reply = await api.get("/events?actor=" + urllib.parse.quote(name))
+    assert next_params(reply)["actor"] == [name]
+
+
 # -- atomicity ----------------------------------------------------------------
 
 
