@@ -181,7 +181,10 @@ CREATE TRIGGER images_notify_truncate AFTER TRUNCATE ON images
     # moves only the columns imagelist derives (reference keys, keys_stale,
     # entry_json: the sweep, a key recomputation) is no change of the
     # entry and is not recorded, unless imagelist itself wrote it (a PUT
-    # is always one event). That test is the UPDATE trigger's WHEN, which
+    # is always one event). Reference keys set by anyone but imagelist's
+    # own computation of them (which marks its transaction imagelist.keys)
+    # are a change: they decide what the entry allows. That test is the
+    # UPDATE trigger's WHEN, which
     # runs at once, so such updates (a key recomputation touches every
     # row) queue nothing until commit. An UPDATE that changes an id (only
     # SQL does) is the old entry deleted and a new one created: two events,
@@ -288,7 +291,9 @@ CREATE CONSTRAINT TRIGGER images_record_update AFTER UPDATE ON images
     FOR EACH ROW
     WHEN ((OLD.id, OLD.name, OLD.tags, OLD.created_at, OLD.updated_at)
               IS DISTINCT FROM (NEW.id, NEW.name, NEW.tags, NEW.created_at, NEW.updated_at)
-          OR current_setting('imagelist.actor', true) <> '')
+          OR current_setting('imagelist.actor', true) <> ''
+          OR ((OLD.norm_name, OLD.digest) IS DISTINCT FROM (NEW.norm_name, NEW.digest)
+              AND coalesce(current_setting('imagelist.keys', true), '') <> 'on'))
     EXECUTE FUNCTION imagelist_record_event_v1();
 DROP TRIGGER IF EXISTS images_record_truncate ON images;
 CREATE TRIGGER images_record_truncate BEFORE TRUNCATE ON images

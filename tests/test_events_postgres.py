@@ -162,6 +162,34 @@ async def test_derived_column_updates_are_no_events(api, ctx) -> None:
     assert (await actions(ctx))[-1] == ("updated", "k", "ci")
 
 
+@pytest.mark.gen_test
+async def test_keys_set_by_sql_are_a_change(api, ctx) -> None:
+    """The reference keys decide what an entry allows: SQL that sets them
+    (instead of the sweep computing them) changes the allowlist, and is
+    recorded."""
+    url = ctx.config.database_url
+    await ctx.storage.put(NewEntry("k", "quay.io/team-a/app", ("1",)), Writer(actor="ci"))
+    allowed = "docker.io/library/evil:1"
+    assert not (await api.get("/allowed?image=" + allowed)).json["allowed"]
+    await asyncio.to_thread(
+        sql, url, "UPDATE images SET norm_name = 'docker.io/library/evil' WHERE id = 'k'"
+    )
+    # It now allows another repository's image (once the replica heard).
+    for _ in range(100):
+        if (await api.get("/allowed?image=" + allowed)).json["allowed"]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the keys set by SQL never allowed the image")
+    assert await actions(ctx) == [("created", "k", "ci"), ("updated", "k", "postgres")]
+    await asyncio.to_thread(sql, url, "UPDATE images SET digest = 'sha256:' || repeat('a', 64)")
+    assert len(await actions(ctx)) == 3
+    # The sweep's computing of stale keys is still no event.
+    await asyncio.to_thread(sql, url, "UPDATE images SET keys_stale = true")
+    assert await ctx.storage.compute_stale_keys() == 1
+    assert len(await actions(ctx)) == 3
+
+
 # -- commit order ---------------------------------------------------------------
 
 EVENTS_WANTED = 10_000
