@@ -336,7 +336,9 @@ CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest)
         recompute_keys=True,
     ),
     # The audit trail (see the PostgreSQL migration): written by imagelist
-    # in the same transaction as the change, the only writer of this file.
+    # (every instance on the file) in the same transaction as the change.
+    # Another program writing the file (the sqlite3 shell, which the
+    # admission replica notices) records nothing: there is no trigger.
     # AUTOINCREMENT: a pruned sequence number is never handed out again.
     Migration(
         """
