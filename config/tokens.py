@@ -28,7 +28,7 @@ import yaml
 
 from config.metrics import Metrics
 from config.scopes import PatternError, Scope, parse_scope
-from storage.model import ANONYMOUS
+from storage.model import ANONYMOUS, MAX_ACTOR_LEN
 
 log = structlog.get_logger("imagelist.tokens")
 
@@ -162,6 +162,15 @@ def _entry(raw: Any, number: int, fail: Any, secrets: frozenset[bytes]) -> Token
         fail(f"entry {number}: missing key 'name'")
     if not isinstance(name, str) or not name.strip():
         fail(f"entry {number}: 'name' must be a non-empty string")
+    if len(name) > MAX_ACTOR_LEN or not name.isprintable():
+        # The name is the audit trail's actor: PostgreSQL refuses a NUL (a
+        # 500 on every write of the token), a control character or a lone
+        # surrogate garbles it, and GET /events?actor= asks for at most
+        # MAX_ACTOR_LEN characters. The name itself is not echoed.
+        fail(
+            f"entry {number}: 'name' must be at most {MAX_ACTOR_LEN} printable characters"
+            " (no control characters)"
+        )
     if name == ANONYMOUS.actor:
         # The audit trail could not tell this token's writes from those
         # made without authentication.

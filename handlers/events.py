@@ -14,14 +14,12 @@ from typing import Any
 from handlers.base import BaseHandler
 from handlers.errors import ApiError
 from handlers.paging import ascii_digits
-from storage.model import Event, EventQuery, format_timestamp
+from storage.model import MAX_ACTOR_LEN, Event, EventQuery, format_timestamp
 
 DEFAULT_EVENTS_PAGE = 100
 MAX_EVENTS_PAGE = 1000
 # seq is a 64-bit integer on both backends.
 MAX_SEQ = 2**63 - 1
-# A token name or a database role; longer is no actor.
-MAX_ACTOR_LEN = 255
 # Ids stored by older writers may be long (handlers.validation): every
 # stored id can be asked for.
 MAX_IMAGE_ID_LEN = 2704

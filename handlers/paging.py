@@ -53,10 +53,15 @@ def decode_cursor(cursor: str, sort: str) -> Position:
     return Position(sort=key, value=sort_value, id=entry_id)
 
 
+#: Digits a number parameter may have: 2**64 has 20. int() refuses more
+#: than 4,300 (ValueError, a 500), and a long one costs time to convert.
+MAX_DIGITS = 20
+
+
 def ascii_digits(raw: str) -> bool:
-    """Only 0-9: str.isdigit() also takes superscripts (int()
-    raises) and other scripts' digits (int() reads them)."""
-    return raw.isascii() and raw.isdigit()
+    """Only 0-9, at most MAX_DIGITS of them: str.isdigit() also takes
+    superscripts (int() raises) and other scripts' digits (int() reads them)."""
+    return len(raw) <= MAX_DIGITS and raw.isascii() and raw.isdigit()
 
 
 def parse_limit(raw: str) -> int:

@@ -181,9 +181,14 @@ CREATE TRIGGER images_notify_truncate AFTER TRUNCATE ON images
     # moves only the columns imagelist derives (reference keys, keys_stale,
     # entry_json: the sweep, a key recomputation) is no change of the
     # entry and is not recorded, unless imagelist itself wrote it (a PUT
-    # is always one event). That test is the UPDATE trigger's WHEN, which
+    # is always one event). Reference keys set by anyone but imagelist's
+    # own computation of them (which marks its transaction imagelist.keys)
+    # are a change: they decide what the entry allows. That test is the
+    # UPDATE trigger's WHEN, which
     # runs at once, so such updates (a key recomputation touches every
-    # row) queue nothing until commit.
+    # row) queue nothing until commit. An UPDATE that changes an id (only
+    # SQL does) is the old entry deleted and a new one created: two events,
+    # so a reader following either id, or replaying the trail, sees both.
     #
     # Sequence numbers follow commit order, so a reader paging by seq never
     # skips an event committed after it read a greater one: the trigger is
@@ -219,20 +224,28 @@ CREATE INDEX IF NOT EXISTS image_events_at ON image_events (at);
 CREATE OR REPLACE FUNCTION imagelist_record_event_v1() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
-    actor text := nullif(current_setting('imagelist.actor', true), '');
+    actor text := coalesce(nullif(current_setting('imagelist.actor', true), ''), session_user);
+    request_id text := nullif(current_setting('imagelist.request_id', true), '');
+    moved boolean := TG_OP = 'UPDATE' AND OLD.id <> NEW.id;
 BEGIN
     PERFORM pg_advisory_xact_lock(1768777573);
-    INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
-                              actor, request_id)
-    VALUES (nextval('image_events_seq'), clock_timestamp(),
-            CASE TG_OP WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated'
-                       ELSE 'deleted' END,
-            CASE TG_OP WHEN 'DELETE' THEN OLD.id ELSE NEW.id END,
-            CASE TG_OP WHEN 'DELETE' THEN OLD.name ELSE NEW.name END,
-            CASE TG_OP WHEN 'INSERT' THEN NULL ELSE OLD.tags END,
-            CASE TG_OP WHEN 'DELETE' THEN NULL ELSE NEW.tags END,
-            coalesce(actor, session_user),
-            nullif(current_setting('imagelist.request_id', true), ''));
+    IF TG_OP = 'DELETE' OR moved THEN
+        INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
+                                  actor, request_id)
+        VALUES (nextval('image_events_seq'), clock_timestamp(), 'deleted', OLD.id, OLD.name,
+                OLD.tags, NULL, actor, request_id);
+    END IF;
+    IF TG_OP = 'INSERT' OR moved THEN
+        INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
+                                  actor, request_id)
+        VALUES (nextval('image_events_seq'), clock_timestamp(), 'created', NEW.id, NEW.name,
+                NULL, NEW.tags, actor, request_id);
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO image_events (seq, at, action, image_id, name, tags_before, tags_after,
+                                  actor, request_id)
+        VALUES (nextval('image_events_seq'), clock_timestamp(), 'updated', NEW.id, NEW.name,
+                OLD.tags, NEW.tags, actor, request_id);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -278,7 +291,9 @@ CREATE CONSTRAINT TRIGGER images_record_update AFTER UPDATE ON images
     FOR EACH ROW
     WHEN ((OLD.id, OLD.name, OLD.tags, OLD.created_at, OLD.updated_at)
               IS DISTINCT FROM (NEW.id, NEW.name, NEW.tags, NEW.created_at, NEW.updated_at)
-          OR current_setting('imagelist.actor', true) <> '')
+          OR current_setting('imagelist.actor', true) <> ''
+          OR ((OLD.norm_name, OLD.digest) IS DISTINCT FROM (NEW.norm_name, NEW.digest)
+              AND coalesce(current_setting('imagelist.keys', true), '') <> 'on'))
     EXECUTE FUNCTION imagelist_record_event_v1();
 DROP TRIGGER IF EXISTS images_record_truncate ON images;
 CREATE TRIGGER images_record_truncate BEFORE TRUNCATE ON images
@@ -321,7 +336,9 @@ CREATE INDEX IF NOT EXISTS images_norm_name_digest ON images (norm_name, digest)
         recompute_keys=True,
     ),
     # The audit trail (see the PostgreSQL migration): written by imagelist
-    # in the same transaction as the change, the only writer of this file.
+    # (every instance on the file) in the same transaction as the change.
+    # Another program writing the file (the sqlite3 shell, which the
+    # admission replica notices) records nothing: there is no trigger.
     # AUTOINCREMENT: a pruned sequence number is never handed out again.
     Migration(
         """

@@ -57,6 +57,11 @@ class Writer:
 #: A write made by imagelist itself or a test, with no token behind it.
 ANONYMOUS = Writer()
 
+#: The longest actor the audit trail names: a token's name is at most this
+#: long (a PostgreSQL role name is shorter), so `GET /events?actor=` can ask
+#: for every one.
+MAX_ACTOR_LEN = 255
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:

@@ -59,10 +59,16 @@ WHERE images.id = k.id
 """
 
 
+# Keys imagelist computed itself: no audit event (storage/migrations.py),
+# for this transaction only.
+KEYS_MARK_SQL = "SELECT set_config('imagelist.keys', 'on', true)"
+
+
 async def recompute_keys(cur: Any) -> None:
     """Every entry's reference keys, page by page in id order (inside the
     migration's transaction and lock)."""
     backfill = KeyBackfill()
+    await cur.execute(KEYS_MARK_SQL)
 
     async def page() -> list[tuple[str, str]]:
         await cur.execute(KEYS_PAGE_SQL, backfill.page_params())
@@ -721,6 +727,7 @@ class PostgresStorage(Storage):
                 rows: list[tuple[str, str]] = list(await cur.fetchall())
                 if rows:
                     keys = [reference_keys(name, entry_id) for entry_id, name in rows]
+                    await cur.execute(KEYS_MARK_SQL)
                     await cur.execute(
                         SET_STALE_KEYS_SQL,
                         {

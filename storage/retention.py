@@ -35,7 +35,12 @@ async def prune_once(
     time; how many. StorageError when the database fails meanwhile."""
     if days <= 0:
         return 0
-    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    try:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    except OverflowError:
+        # Before year 1 (the option has no upper bound): no event is that
+        # old. Raised, it would end the hourly prune for good.
+        return 0
     total = 0
     while True:
         n = await storage.prune_events(cutoff, batch)

@@ -169,6 +169,9 @@ async def test_filters_paging_and_the_link_that_tails(api) -> None:
         "actor=" + "a" * 256,
         "image_id=" + "a" * 2705,
         "after=%C3%28",
+        # More digits than Python turns into an int (4,300): no 500.
+        "after=" + "0" * 5000 + "1",
+        "limit=" + "9" * 5000,
     ],
 )
 @pytest.mark.gen_test
@@ -185,6 +188,19 @@ async def test_largest_parameters_are_accepted(api) -> None:
     assert await events(api, f"?after={2**63 - 1}&limit=1000") == []
     assert len(await events(api, "?after=0&limit=1")) == 1
     assert await events(api, "?image_id=" + "a" * 2704 + "&actor=" + "b" * 255) == []
+
+
+@pytest.mark.gen_test
+async def test_the_longest_token_name_is_an_actor_that_can_be_asked_for(api, ctx) -> None:
+    from config.tokens import parse_tokens
+
+    name = "équipe-" + "é" * 248  # the longest a tokens file takes
+    [token] = parse_tokens(f"tokens: [{{name: '{name}', token: abc}}]\n".encode(), "t")
+    await ctx.storage.put(NewEntry("long", "a/b"), Writer(actor=token.name))
+    [event] = await events(api, "?actor=" + urllib.parse.quote(name))
+    assert event["actor"] == name
+    reply = await api.get("/events?actor=" + urllib.parse.quote(name))
+    assert next_params(reply)["actor"] == [name]
 
 
 # -- atomicity ----------------------------------------------------------------
@@ -332,6 +348,11 @@ async def test_retention_prunes_old_events_in_batches(api, ctx) -> None:
     assert await prune_once(storage, 365) == 0
     assert len(await storage.events(EventQuery())) == 3
     assert await prune_once(storage, 29) == 1
+    # A retention reaching back before the calendar does (year 1): nothing
+    # is that old, and the prune must not die of it.
+    for days in (800_000, 10**12):
+        assert await prune_once(storage, days) == 0
+    assert len(await storage.events(EventQuery())) == 2
 
 
 def test_retention_option_and_environment() -> None:
@@ -346,10 +367,11 @@ def test_retention_option_and_environment() -> None:
             load_config(["--events-retention-days", bad], env={})
 
 
-@pytest.mark.parametrize(("days", "left"), [("1", 1), ("0", 3)])
+@pytest.mark.parametrize(("days", "left"), [("1", 1), ("0", 3), ("800000", 3)])
 def test_the_daemon_prunes_at_start(tmp_path: Path, days: str, left: int) -> None:
     """The real daemon, on a SQLite file holding two events from 400 days
-    ago: pruned at start unless the retention is 0."""
+    ago: pruned at start unless the retention is 0 (or reaches back before
+    year 1, when the daemon must still stop cleanly)."""
     from daemon import Daemon
 
     path = tmp_path / "imagelist.db"
@@ -373,3 +395,5 @@ def test_the_daemon_prunes_at_start(tmp_path: Path, days: str, left: int) -> Non
         assert len(body) == left
         _, metrics, _ = d.request("GET", "/metrics")
         assert f"imagelist_events_pruned_total {3 - left:.1f}" in metrics.decode()
+    assert d.stop() == 0, d.output
+    assert "uncaught_exception" not in "\n".join(d.output)

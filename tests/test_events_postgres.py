@@ -83,6 +83,25 @@ async def test_sql_writes_are_recorded_under_their_role(api, ctx) -> None:
 
 
 @pytest.mark.gen_test
+async def test_an_id_changed_by_sql_is_the_old_one_deleted_and_the_new_one_created(
+    api, ctx
+) -> None:
+    await ctx.storage.put(NewEntry("old", "a/b", ("1",)), Writer(actor="ci"))
+    await asyncio.to_thread(
+        sql, ctx.config.database_url, "UPDATE images SET id = 'new', tags = '{2}' WHERE id = 'old'"
+    )
+    got = await ctx.storage.events(EventQuery())
+    assert [(e.action, e.image_id, e.actor, e.tags_before, e.tags_after) for e in got] == [
+        ("created", "old", "ci", None, ("1",)),
+        ("deleted", "old", "postgres", ("1",), None),
+        ("created", "new", "postgres", None, ("2",)),
+    ]
+    # Who follows the old id learns it is gone.
+    reply = await api.get("/events?image_id=old")
+    assert [e["action"] for e in reply.json] == ["created", "deleted"]
+
+
+@pytest.mark.gen_test
 async def test_a_truncate_is_a_deleted_event_per_entry(api, ctx) -> None:
     for entry_id in ("t2", "t1"):
         await ctx.storage.put(NewEntry(entry_id, "a/b", ("1",)), Writer(actor="ci"))
@@ -141,6 +160,34 @@ async def test_derived_column_updates_are_no_events(api, ctx) -> None:
     # without tags (which leaves the row as it is).
     await ctx.storage.put(NewEntry("k", "c/d"), Writer(actor="ci"))
     assert (await actions(ctx))[-1] == ("updated", "k", "ci")
+
+
+@pytest.mark.gen_test
+async def test_keys_set_by_sql_are_a_change(api, ctx) -> None:
+    """The reference keys decide what an entry allows: SQL that sets them
+    (instead of the sweep computing them) changes the allowlist, and is
+    recorded."""
+    url = ctx.config.database_url
+    await ctx.storage.put(NewEntry("k", "quay.io/team-a/app", ("1",)), Writer(actor="ci"))
+    allowed = "docker.io/library/evil:1"
+    assert not (await api.get("/allowed?image=" + allowed)).json["allowed"]
+    await asyncio.to_thread(
+        sql, url, "UPDATE images SET norm_name = 'docker.io/library/evil' WHERE id = 'k'"
+    )
+    # It now allows another repository's image (once the replica heard).
+    for _ in range(100):
+        if (await api.get("/allowed?image=" + allowed)).json["allowed"]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the keys set by SQL never allowed the image")
+    assert await actions(ctx) == [("created", "k", "ci"), ("updated", "k", "postgres")]
+    await asyncio.to_thread(sql, url, "UPDATE images SET digest = 'sha256:' || repeat('a', 64)")
+    assert len(await actions(ctx)) == 3
+    # The sweep's computing of stale keys is still no event.
+    await asyncio.to_thread(sql, url, "UPDATE images SET keys_stale = true")
+    assert await ctx.storage.compute_stale_keys() == 1
+    assert len(await actions(ctx)) == 3
 
 
 # -- commit order ---------------------------------------------------------------

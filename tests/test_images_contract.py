@@ -241,6 +241,7 @@ async def test_paging_combines_with_the_name_filter(api) -> None:
         "limit=1001",
         "limit=abc",
         "limit=",
+        "limit=" + "9" * 5000,  # more digits than Python turns into an int
         "cursor=%%%",
         "cursor=bm90LWpzb24",
         "cursor=WyJ1cGRhdGVkX2F0IiwieCIsImlkIl0",

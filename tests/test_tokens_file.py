@@ -60,6 +60,12 @@ def test_the_readme_example_parses_and_its_hash_is_right() -> None:
         ("tokens: [{name: '', token: abc}]\n", "entry 1: 'name' must be a non-empty string"),
         # The audit trail's actor for writes without a token.
         ("tokens: [{name: anonymous, token: abc}]\n", "entry 1: the name 'anonymous' is reserved"),
+        # The audit trail's actor: it reaches PostgreSQL (which refuses a NUL
+        # in any string) and the events' actor filter (at most 255).
+        *[
+            (f'tokens: [{{name: "{name}", token: abc}}]\n', "entry 1: 'name' must be at most 255")
+            for name in ("ci\\0x", "ci\\tx", "ci\\x1bx", "ci\\ud800x", "n" * 256)
+        ],
         ("tokens: [{name: a}]\n", "entry 1 ('a'): needs exactly one of 'token' or 'token_sha256'"),
         (
             f"tokens: [{{name: a, token: x, token_sha256: {sha256_hex('x')}}}]\n",
