@@ -57,20 +57,28 @@ def test_smoke_run_prints_the_whole_table() -> None:
     assert outage.split("|")[7].strip() == "0", outage  # every review answered
 
 
-def test_only_replica_reports_the_load_and_its_memory() -> None:
+def bench_facts(*options: str) -> tuple[dict[str, tuple[str, str]], str]:
+    """Run bench/run.py with `options`: its measurements table (what ->
+    value, target) and its whole output."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--images", "500", "--only", "replica"],
+        [sys.executable, str(ROOT / "bench" / "run.py"), *options],
         capture_output=True,
         text=True,
-        timeout=300,  # bounds a hang; the run takes a few seconds
+        timeout=300,  # bounds a hang; these runs take a few seconds
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     facts = {
-        line.split("|")[1].strip(): line.split("|")[2].strip()
-        for line in done.stdout.splitlines()
-        if line.startswith("| ") and line.count("|") >= 3
+        cells[1].strip(): (cells[2].strip(), cells[3].strip() if len(cells) > 4 else "")
+        for cells in (line.split("|") for line in done.stdout.splitlines())
+        if cells[0] == "" and len(cells) >= 4 and cells[1].startswith(" ")
     }
+    return facts, done.stdout
+
+
+def test_only_replica_reports_the_load_and_its_memory() -> None:
+    measured, out = bench_facts("--images", "500", "--only", "replica")
+    facts = {what: value for what, (value, _) in measured.items()}
     assert facts["seeded (PostgreSQL)"].startswith("500 images")
     assert facts["replica: first full load of 500 entries"].endswith(" s")
     # The daemon logged the load's CPU time, so it is a number, not "n/a".
@@ -83,26 +91,14 @@ def test_only_replica_reports_the_load_and_its_memory() -> None:
     after = "replica: RSS over an empty list's daemon after the reload, 500 entries"
     assert facts[after].endswith(" MB")
     assert len(facts["load average (1, 5, 15 min) after the load"].split(" / ")) == 3
-    assert "| scenario |" not in done.stdout  # no request rows in this mode
+    assert "| scenario |" not in out  # no request rows in this mode
 
 
 DECISIONS = ("--only", "decisions", "--rounds", "2")
 
 
 def test_only_decisions_reports_medians_of_interleaved_rounds() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", *DECISIONS],
-        capture_output=True,
-        text=True,
-        timeout=300,  # bounds a hang; the run takes a few seconds
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    facts = {
-        line.split("|")[1].strip(): (line.split("|")[2].strip(), line.split("|")[3].strip())
-        for line in done.stdout.splitlines()
-        if line.startswith("| ") and line.count("|") >= 4
-    }
+    facts, _ = bench_facts("--smoke", *DECISIONS)
     live, _ = facts["GET /health/live (no database), median of 2 rounds"]
     assert "/s, p99 " in live and "(floor " in live, live
     for scenario in ("GET /allowed?image=", "POST AdmissionReview, 10 images"):
