@@ -282,11 +282,11 @@ class BaseHandler(tornado.web.RequestHandler):
         repositories the token's scopes allow, as storage records and checks
         them (the stored name, in the write's transaction).
 
-        The token is checked again here, against the set in force now: a
-        PUT was authorized when its headers arrived, and its body may take
-        up to the body timeout (30 s) to follow. A token revoked or narrowed
-        meanwhile must not write through a request opened before."""
-        self.authorize_write()
+        The token was checked when the headers arrived; a PUT's body may
+        take up to the body timeout (30 s) to follow, and the write may wait
+        for the database. Storage asks `current` once it holds the write's
+        transaction, so a token revoked or narrowed meanwhile writes
+        nothing."""
         return Writer(
             actor=self.token_name or ANONYMOUS.actor,
             request_id=self.request_id,
