@@ -208,37 +208,33 @@ async def test_the_longest_token_name_is_an_actor_that_can_be_asked_for(api, ctx
 
 # Run off the loop (asyncio.to_thread): a DDL statement waits for the app's
 # connections, which the loop releases.
+def admin_sql(ctx, sqlite_sql: str, postgres_sql: str) -> None:
+    """Run one administrative statement on the app's database, outside it."""
+    url = ctx.config.database_url
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url[len("sqlite:///") :])
+        conn.execute(sqlite_sql)
+        conn.commit()
+    else:
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            cur.execute(postgres_sql)
+    conn.close()
+
+
 def refuse(ctx, table: str, name: str) -> None:
     """Make the database refuse rows named `name` into `table` (images or
     image_events), as a constraint would."""
-    url = ctx.config.database_url
-    if url.startswith("sqlite:"):
-        conn = sqlite3.connect(url[len("sqlite:///") :])
-        conn.execute(
-            f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table}"
-            f" WHEN NEW.name = '{name}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
-        conn.commit()
-        conn.close()
-        return
-    conn = psycopg2.connect(url)
-    with conn, conn.cursor() as cur:
-        cur.execute(f"ALTER TABLE {table} ADD CONSTRAINT refuse CHECK (name <> '{name}') NOT VALID")
-    conn.close()
+    admin_sql(
+        ctx,
+        f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table}"
+        f" WHEN NEW.name = '{name}' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        f"ALTER TABLE {table} ADD CONSTRAINT refuse CHECK (name <> '{name}') NOT VALID",
+    )
 
 
 def unrefuse(ctx, table: str) -> None:
-    url = ctx.config.database_url
-    if url.startswith("sqlite:"):
-        conn = sqlite3.connect(url[len("sqlite:///") :])
-        conn.execute(f"DROP TRIGGER refuse_{table}")
-        conn.commit()
-        conn.close()
-        return
-    conn = psycopg2.connect(url)
-    with conn, conn.cursor() as cur:
-        cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT refuse")
-    conn.close()
+    admin_sql(ctx, f"DROP TRIGGER refuse_{table}", f"ALTER TABLE {table} DROP CONSTRAINT refuse")
 
 
 @pytest.mark.gen_test
